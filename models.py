@@ -71,20 +71,33 @@ class ConvBlock(nn.Sequential):
 
 class MaxPool(nn.Module):
     """Darknet maxpool: ``padding`` (default size-1) split left=p//2, right=p-p//2; padded
-    cells never win (as -inf), so out = (in + p - size)//stride + 1."""
+    cells never win, so out = (in + p - size)//stride + 1.
+
+    Fast paths avoid materialising a padded copy: symmetric padding and a right-only pad of
+    stride-1 cells (yolov3-tiny's size=2 stride=2) map onto nn.MaxPool2d (ceil_mode for the
+    latter); otherwise the input is padded by replicating its edge, which for a max equals
+    Darknet's ignore-the-padding rule (every window holds the edge cell it copies)."""
 
     def __init__(self, size, stride, padding):
         super().__init__()
-        self.size, self.stride = size, stride
-        self.pads = (padding // 2, padding - padding // 2)
-        symmetric = self.pads[0] == self.pads[1] and self.pads[0] <= size // 2
-        self.pool = nn.MaxPool2d(size, stride, padding=self.pads[0] if symmetric else 0)
-        self.explicit_pad = not symmetric and padding > 0
+        left, right = padding // 2, padding - padding // 2
+        self.pads = None
+        # 2x2/2 without left pad: on even maps two element-wise maxima of strided views beat
+        # the pooling kernel by ~2x in channels_last (and the right pad is never reached)
+        self.pairwise = size == stride == 2 and left == 0
+        if left == right and left <= size // 2:
+            self.pool = nn.MaxPool2d(size, stride, padding=left)
+        elif left == 0 and right == stride - 1:
+            self.pool = nn.MaxPool2d(size, stride, ceil_mode=True)
+        else:
+            self.pool, self.pads = nn.MaxPool2d(size, stride), (left, right, left, right)
 
     def forward(self, x):
-        if self.explicit_pad:
-            left, right = self.pads
-            x = F.pad(x, (left, right, left, right), value=float('-inf'))
+        if self.pairwise and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+            rows = torch.maximum(x[:, :, 0::2], x[:, :, 1::2])
+            return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+        if self.pads is not None:
+            x = F.pad(x, self.pads, mode='replicate')
         return self.pool(x)
 
 
@@ -222,18 +235,17 @@ class YOLOLayer(nn.Module):
         grid = self._make_grid(ny, nx, p.device, p.dtype)
         stride = p.new_tensor([img_hw[1] / nx, img_hw[0] / ny])
         anchors = self.anchors.to(p.dtype).view(1, self.na, 1, 1, 2)
-        if self.new_coords:
-            xy = p[..., :2] * s - 0.5 * (s - 1)
-            wh = 4 * p[..., 2:4].square() * anchors
-            conf = p[..., 4:]
+        if self.new_coords:  # the conv already applied logistic
+            y = p.clone()
+            y[..., 2:4] = 4 * p[..., 2:4].square() * anchors
         else:
-            xy = p[..., :2].sigmoid()
-            if s != 1:
-                xy = xy * s - 0.5 * (s - 1)
-            wh = p[..., 2:4].exp() * anchors
-            conf = p[..., 4:].sigmoid()
-        xy = (xy + grid) * stride
-        return torch.cat((xy, wh, conf), -1).view(b, -1, self.no)
+            y = p.sigmoid()  # one pass over all columns, then overwrite w, h
+            y[..., 2:4] = p[..., 2:4].exp() * anchors
+        xy = y[..., :2]
+        if s != 1:
+            xy = xy * s - 0.5 * (s - 1)
+        y[..., :2] = (xy + grid) * stride
+        return y.view(b, -1, self.no)
 
 
 def create_modules(module_defs, in_channels=3):
@@ -372,6 +384,14 @@ def fuse_conv_and_bn(conv, bn):
         fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
     fused.requires_grad_(conv.weight.requires_grad)
     return fused
+
+
+def optimize_for_inference(model):
+    """Eval-mode copy for fast CPU/GPU inference: BN folded into convs, channels_last
+    weights (oneDNN's preferred layout). Feed it channels_last inputs under
+    ``torch.inference_mode()``. The original model is left untouched."""
+    fast = copy.deepcopy(unwrap(model)).eval().fuse()
+    return fast.to(memory_format=torch.channels_last)
 
 
 def unwrap(model):

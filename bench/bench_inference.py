@@ -1,0 +1,98 @@
+"""Batch-1 CPU inference latency: this project's Darknet vs OpenCV DNN 4.x, same cfg + weights.
+
+    python3 bench/bench_inference.py [--cfgs yolov3-tiny yolov4-tiny yolov3 yolov4] [--img-size 416]
+                                     [--threads 2] [--runs 20]
+
+Weights are random (written by our writer, read by both). Both runs are interleaved in one
+process so machine noise hits both alike; the figure that matters is the ratio ours/OpenCV.
+Also prints achieved GFLOP/s and the machine's fp32 matmul peak measured the same way.
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import models  # noqa: E402
+
+
+def find_cfg(name):
+    for folder in (ROOT / 'cfg', ROOT.parent / 'shared' / 'darknet-cfg'):
+        if (folder / f'{name}.cfg').is_file():
+            return folder / f'{name}.cfg'
+    raise FileNotFoundError(f'{name}.cfg not found in cfg/ or ../shared/darknet-cfg/')
+
+
+def matmul_peak(threads, n=2048, runs=5):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_time(lambda: torch.mm(a, b)) for _ in range(runs))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _time(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--cfgs', nargs='+', default=['yolov3-tiny', 'yolov4-tiny', 'yolov3', 'yolov4'])
+    ap.add_argument('--img-size', type=int, default=416)
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--runs', type=int, default=20)
+    opt = ap.parse_args()
+    import cv2
+    torch.set_num_threads(opt.threads)
+    cv2.setNumThreads(opt.threads)
+    peak = matmul_peak(opt.threads)
+    print(f'torch {torch.__version__}, OpenCV {cv2.__version__}, {opt.threads} threads, fp32 matmul peak '
+          f'{peak:.0f} GFLOP/s')
+    print(f'{"model":<14} {"GFLOPs":>7} {"OpenCV ms":>10} {"ours ms":>9} {"ratio":>6} {"ours GFLOP/s":>12} '
+          f'{"% peak":>7} {"max |diff|":>10}')
+    x = torch.rand(1, 3, opt.img_size, opt.img_size)
+    for name in opt.cfgs:
+        model = models.Darknet(find_cfg(name), img_size=opt.img_size).eval()
+        flops = models.layer_flops(model, opt.img_size)[1]
+        with tempfile.TemporaryDirectory() as tmp:
+            models.save_weights(model, f'{tmp}/m.weights')
+            (Path(tmp) / 'm.cfg').write_text(model.cfg_text())
+            net = cv2.dnn.readNetFromDarknet(f'{tmp}/m.cfg', f'{tmp}/m.weights')
+        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        out_names = net.getUnconnectedOutLayersNames()
+        fast = models.optimize_for_inference(model)
+        blob = x.numpy()
+
+        def run_cv():
+            net.setInput(blob)
+            return net.forward(out_names)
+
+        xc = x.contiguous(memory_format=torch.channels_last)
+
+        def run_ours():
+            with torch.inference_mode():
+                return fast(xc)
+
+        for _ in range(3):  # warm-up (allocations, oneDNN primitive caches)
+            run_cv(), run_ours()
+        t_cv, t_ours = [], []
+        for _ in range(opt.runs):
+            t_cv.append(_time(run_cv))
+            t_ours.append(_time(run_ours))
+        cv_ms, ours_ms = statistics.median(t_cv) * 1e3, statistics.median(t_ours) * 1e3
+        ours_out = run_ours()[0][0, :, 4].numpy()
+        diff = float(np.abs(np.sort(ours_out) - np.sort(np.concatenate([o[:, 4] for o in run_cv()]))).max())
+        print(f'{name:<14} {flops / 1e9:>7.2f} {cv_ms:>10.1f} {ours_ms:>9.1f} {ours_ms / cv_ms:>6.2f} '
+              f'{flops / 1e9 / (ours_ms / 1e3):>12.0f} {100 * flops / 1e9 / (ours_ms / 1e3) / peak:>6.0f}% '
+              f'{diff:>10.1e}')
+
+
+if __name__ == '__main__':
+    main()
