@@ -386,12 +386,22 @@ def fuse_conv_and_bn(conv, bn):
     return fused
 
 
-def optimize_for_inference(model):
-    """Eval-mode copy for fast CPU/GPU inference: BN folded into convs, channels_last
-    weights (oneDNN's preferred layout). Feed it channels_last inputs under
-    ``torch.inference_mode()``. The original model is left untouched."""
-    fast = copy.deepcopy(unwrap(model)).eval().fuse()
-    return fast.to(memory_format=torch.channels_last)
+def optimize_for_inference(model, compile=False):
+    """Eval-mode copy for fast inference: BN folded into convs, channels_last weights
+    (oneDNN's preferred layout). Feed it channels_last inputs under
+    ``torch.inference_mode()``. The original model is left untouched.
+
+    compile=True also runs ``torch.compile`` with Inductor's weight freezing (constant
+    folding, pre-packed oneDNN weights, conv+activation fusion): ~15-20% faster on CPU,
+    at a one-off compile cost of tens of seconds per input shape (needs a C++ compiler)."""
+    fast = copy.deepcopy(unwrap(model)).eval().fuse().to(memory_format=torch.channels_last)
+    for p in fast.parameters():
+        p.requires_grad_(False)
+    if compile:
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True  # applies to graphs compiled under inference_mode
+        fast = torch.compile(fast)
+    return fast
 
 
 def unwrap(model):

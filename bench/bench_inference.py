@@ -48,6 +48,7 @@ def main():
     ap.add_argument('--img-size', type=int, default=416)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--runs', type=int, default=20)
+    ap.add_argument('--no-compile', action='store_true', help='skip the torch.compile column (saves minutes)')
     opt = ap.parse_args()
     import cv2
     torch.set_num_threads(opt.threads)
@@ -55,8 +56,8 @@ def main():
     peak = matmul_peak(opt.threads)
     print(f'torch {torch.__version__}, OpenCV {cv2.__version__}, {opt.threads} threads, fp32 matmul peak '
           f'{peak:.0f} GFLOP/s')
-    print(f'{"model":<14} {"GFLOPs":>7} {"OpenCV ms":>10} {"ours ms":>9} {"ratio":>6} {"ours GFLOP/s":>12} '
-          f'{"% peak":>7} {"max |diff|":>10}')
+    print(f'{"model":<14} {"GFLOPs":>7} {"OpenCV ms":>10} {"ours ms":>9} {"ratio":>6} {"GFLOP/s":>8} '
+          f'{"% peak":>7} {"compiled ms":>12} {"ratio":>6} {"compile s":>10} {"max |diff|":>10}')
     x = torch.rand(1, 3, opt.img_size, opt.img_size)
     for name in opt.cfgs:
         model = models.Darknet(find_cfg(name), img_size=opt.img_size).eval()
@@ -69,29 +70,38 @@ def main():
         out_names = net.getUnconnectedOutLayersNames()
         fast = models.optimize_for_inference(model)
         blob = x.numpy()
+        xc = x.contiguous(memory_format=torch.channels_last)
 
         def run_cv():
             net.setInput(blob)
             return net.forward(out_names)
 
-        xc = x.contiguous(memory_format=torch.channels_last)
+        def runner(m):
+            def run():
+                with torch.inference_mode():
+                    return m(xc)
+            return run
 
-        def run_ours():
-            with torch.inference_mode():
-                return fast(xc)
-
+        runs = {'cv': run_cv, 'ours': runner(fast)}
+        compile_s = float('nan')
+        if not opt.no_compile:
+            compiled = models.optimize_for_inference(model, compile=True)
+            compile_s = _time(runner(compiled))
+            runs['compiled'] = runner(compiled)
         for _ in range(3):  # warm-up (allocations, oneDNN primitive caches)
-            run_cv(), run_ours()
-        t_cv, t_ours = [], []
-        for _ in range(opt.runs):
-            t_cv.append(_time(run_cv))
-            t_ours.append(_time(run_ours))
-        cv_ms, ours_ms = statistics.median(t_cv) * 1e3, statistics.median(t_ours) * 1e3
-        ours_out = run_ours()[0][0, :, 4].numpy()
+            for run in runs.values():
+                run()
+        times = {k: [] for k in runs}
+        for _ in range(opt.runs):  # interleaved: noise hits every variant alike
+            for k, run in runs.items():
+                times[k].append(_time(run))
+        ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        ours_out = runs['ours']()[0][0, :, 4].numpy()
         diff = float(np.abs(np.sort(ours_out) - np.sort(np.concatenate([o[:, 4] for o in run_cv()]))).max())
-        print(f'{name:<14} {flops / 1e9:>7.2f} {cv_ms:>10.1f} {ours_ms:>9.1f} {ours_ms / cv_ms:>6.2f} '
-              f'{flops / 1e9 / (ours_ms / 1e3):>12.0f} {100 * flops / 1e9 / (ours_ms / 1e3) / peak:>6.0f}% '
-              f'{diff:>10.1e}')
+        comp_ms = ms.get('compiled', float('nan'))
+        print(f'{name:<14} {flops / 1e9:>7.2f} {ms["cv"]:>10.1f} {ms["ours"]:>9.1f} {ms["ours"] / ms["cv"]:>6.2f} '
+              f'{flops / 1e9 / (ms["ours"] / 1e3):>8.0f} {100 * flops / 1e9 / (ms["ours"] / 1e3) / peak:>6.0f}% '
+              f'{comp_ms:>12.1f} {comp_ms / ms["cv"]:>6.2f} {compile_s:>10.1f} {diff:>10.1e}')
 
 
 if __name__ == '__main__':

@@ -327,3 +327,15 @@ def test_weighted_shortcut_by_hand():
     sc = models.Shortcut([0], channels=3)  # a 2-channel input adds into the first 2 channels
     out = sc(torch.ones(1, 3, 1, 1), [torch.full((1, 2, 1, 1), 2.0)])
     assert out.view(-1).tolist() == [3.0, 3.0, 1.0]
+
+
+def test_optimize_for_inference_keeps_outputs(shared_cfg):
+    model = randomize(models.Darknet(shared_cfg / 'yolov3-tiny.cfg'), size=128)
+    x = torch.rand(1, 3, 128, 128)
+    fast = models.optimize_for_inference(model)
+    with torch.inference_mode():
+        ref = model(x)[1]
+        out = fast(x.contiguous(memory_format=torch.channels_last))[1]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # original untouched
+    for r, o in zip(ref, out):
+        assert (r - o).abs().max() <= 1e-5 * max(1.0, r.abs().max().item())
