@@ -228,22 +228,26 @@ class YOLOLayer(nn.Module):
             return p
         return self.decode(p, img_hw), p
 
+    def box_xywh(self, t_xy, t_wh, anchors):
+        """Darknet's box transform. t_xy, t_wh [..., 2] raw outputs, anchors broadcastable
+        [..., 2] -> (xy offset within the cell in cell units, wh in anchor units)."""
+        s = self.scale_x_y
+        if self.new_coords:
+            xy, wh = t_xy, 4 * t_wh.square() * anchors
+        else:
+            xy, wh = t_xy.sigmoid(), t_wh.exp().clamp(max=1e4) * anchors
+        if s != 1:
+            xy = xy * s - 0.5 * (s - 1)
+        return xy, wh
+
     def decode(self, p, img_hw):
         """Raw head tensor [B,A,H,W,no] -> [B, A*H*W, no] boxes in input pixels."""
         b, _, ny, nx, _ = p.shape
-        s = self.scale_x_y
         grid = self._make_grid(ny, nx, p.device, p.dtype)
         stride = p.new_tensor([img_hw[1] / nx, img_hw[0] / ny])
         anchors = self.anchors.to(p.dtype).view(1, self.na, 1, 1, 2)
-        if self.new_coords:  # the conv already applied logistic
-            y = p.clone()
-            y[..., 2:4] = 4 * p[..., 2:4].square() * anchors
-        else:
-            y = p.sigmoid()  # one pass over all columns, then overwrite w, h
-            y[..., 2:4] = p[..., 2:4].exp() * anchors
-        xy = y[..., :2]
-        if s != 1:
-            xy = xy * s - 0.5 * (s - 1)
+        y = p.clone() if self.new_coords else p.sigmoid()  # new_coords: the conv applied logistic
+        xy, y[..., 2:4] = self.box_xywh(p[..., :2], p[..., 2:4], anchors)
         y[..., :2] = (xy + grid) * stride
         return y.view(b, -1, self.no)
 

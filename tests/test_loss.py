@@ -1,0 +1,133 @@
+"""Loss: hand-made target assignment, perfect predictions, gradients, class-count checks."""
+import math
+
+import pytest
+import torch
+
+import models
+from utils.loss import YOLOLoss, wh_iou
+
+HYP = {'giou': 3.54, 'obj': 64.3, 'cls': 37.4, 'iou_t': 0.2, 'cls_pw': 1.0, 'obj_pw': 1.0, 'fl_gamma': 0.0}
+
+CFG = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+filters=16
+size=1
+activation=linear
+
+[yolo]
+mask=0,1
+anchors=4,4,  12,6,  24,24,  40,40
+classes=3
+{extra}
+[route]
+layers=-3
+
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+filters=16
+size=1
+activation=linear
+
+[yolo]
+mask=2,3
+anchors=4,4,  12,6,  24,24,  40,40
+classes=3
+{extra}
+"""
+
+
+def model(extra=''):
+    return models.Darknet(CFG.format(extra=extra), img_size=64)
+
+
+def test_wh_iou_by_hand():
+    assert torch.allclose(wh_iou(torch.tensor([[2., 2.]]), torch.tensor([[1., 4.], [2., 2.]])),
+                          torch.tensor([[2 / 6, 1.0]]))
+
+
+def test_assignment_picks_expected_anchors_and_cells():
+    m = model()
+    heads = m(torch.zeros(1, 3, 64, 64))  # strides 4 (16x16 grid) and 8 (8x8)
+    # a 12x6 px box centred at (10, 30): matches anchor 1 (12x6, IoU 1) and anchor 0 (4x4: 16/72 = 0.22 > 0.2)
+    # on head 0; on head 1 anchors 24x24, 40x40 have IoU 72/576 and 72/1600 -> none
+    targets = torch.tensor([[0, 2, 10 / 64, 30 / 64, 12 / 64, 6 / 64]])
+    loss = YOLOLoss(m, HYP)
+    (b0, a0, gy0, gx0, tbox0, tcls0, anch0), (b1, *_) = loss.build_targets(heads, targets, (64, 64))
+    assert sorted(a0.tolist()) == [0, 1] and len(b1) == 0
+    assert gx0.tolist() == [2, 2] and gy0.tolist() == [7, 7]  # cell = floor(centre / stride 4)
+    assert torch.allclose(tbox0, torch.tensor([[0.5, 0.5, 3.0, 1.5]] * 2))  # offsets and wh in grid units
+    assert tcls0.tolist() == [2, 2]
+    assert torch.allclose(anch0[a0 == 1], torch.tensor([[3.0, 1.5]]))
+    # a large box goes to head 1's 24x24 anchor at cell (3, 1)
+    targets = torch.tensor([[0, 0, 12 / 64, 28 / 64, 26 / 64, 22 / 64]])
+    (b0, *_), (b1, a1, gy1, gx1, *_) = loss.build_targets(heads, targets, (64, 64))
+    assert a1.tolist() == [0, 1] and gx1.tolist() == [1, 1] and gy1.tolist() == [3, 3]
+
+
+@pytest.mark.parametrize('extra', ['', 'scale_x_y=2.0\nnew_coords=1'])
+def test_perfect_predictions_give_near_zero_box_loss(extra):
+    m = model(extra).train()
+    targets = torch.tensor([[0, 1, 10 / 64, 30 / 64, 12 / 64, 6 / 64], [1, 0, 40 / 64, 20 / 64, 30 / 64, 28 / 64]])
+    heads = [torch.zeros_like(h) for h in m(torch.zeros(2, 3, 64, 64))]
+    loss = YOLOLoss(m, HYP)
+    for layer, h, (b, a, gy, gx, tbox, tcls, anchors) in zip(loss.heads, heads,
+                                                             loss.build_targets(heads, targets, (64, 64))):
+        if layer.new_coords:  # invert xy = 2t - 0.5, wh = 4 t^2 anchor
+            h[b, a, gy, gx, 0:2] = (tbox[:, :2] + 0.5) / 2
+            h[b, a, gy, gx, 2:4] = (tbox[:, 2:4] / anchors / 4).sqrt()
+        else:
+            h[b, a, gy, gx, 0:2] = torch.logit(tbox[:, :2])
+            h[b, a, gy, gx, 2:4] = (tbox[:, 2:4] / anchors).log()
+    _, (lbox, lobj, lcls, total) = loss(heads, targets, (64, 64))
+    assert lbox < 1e-5 and total > lbox
+
+
+def test_loss_trains_and_rejects_out_of_range_classes():
+    torch.manual_seed(0)
+    m = model().train()
+    x = torch.rand(2, 3, 64, 64)
+    targets = torch.tensor([[0, 1, 10 / 64, 30 / 64, 12 / 64, 6 / 64], [1, 2, 40 / 64, 20 / 64, 30 / 64, 28 / 64]])
+    loss_fn = YOLOLoss(m, HYP)
+    opt = torch.optim.Adam(m.parameters(), 0.01)
+    first = None
+    for _ in range(60):
+        loss, items = loss_fn(m(x), targets, (64, 64))
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first and torch.isfinite(items).all()
+    with pytest.raises(ValueError, match='class 3'):
+        loss_fn(m(x), torch.tensor([[0, 3, .5, .5, .1, .1]]), (64, 64))
+
+
+def test_no_targets_only_objectness():
+    m = model().train()
+    heads = m(torch.rand(1, 3, 64, 64))
+    _, (lbox, lobj, lcls, total) = YOLOLoss(m, HYP)(heads, torch.zeros(0, 6), (64, 64))
+    assert lbox == 0 and lcls == 0 and lobj > 0 and math.isclose(total.item(), lobj.item())
