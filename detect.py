@@ -1,12 +1,142 @@
-"""detect.py: filled in by a later issue of the roadmap (see README.md)."""
+"""Detect objects in images, folders, globs, videos, webcams and streams.
+
+    python3 detect.py --weights runs/train/exp/weights/best.pt --source data/samples
+    python3 detect.py --cfg cfg/yolov3.cfg --weights weights/yolov3.weights --names data/coco.names --source video.mp4
+
+Annotated images and videos (same fps and size as the input) go to a new run folder
+(runs/detect/exp, exp2, ...); ``--save-txt`` writes YOLO rows ``class cx cy w h conf``
+normalised to the original image.
+"""
 import argparse
 import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--cfg', default='', help='model cfg (default: the cfg stored in a .pt checkpoint)')
+    p.add_argument('--names', default='', help='.names file (default: class indices)')
+    p.add_argument('--weights', required=True, help='.pt checkpoint or Darknet .weights')
+    p.add_argument('--source', default='data/samples', help='image, folder, glob, video, .txt list, webcam index, URL')
+    p.add_argument('--output', '--project', dest='project', default='runs/detect', help='parent of run folders')
+    p.add_argument('--name', default='exp')
+    p.add_argument('--img-size', '--img_size', type=int, default=416)
+    p.add_argument('--conf-thres', type=float, default=0.3)
+    p.add_argument('--iou-thres', type=float, default=0.6)
+    p.add_argument('--fourcc', default='mp4v', help='output video codec')
+    p.add_argument('--device', default='')
+    p.add_argument('--view-img', action='store_true')
+    p.add_argument('--save-txt', action='store_true')
+    p.add_argument('--classes', type=int, nargs='+', help='keep only these classes')
+    p.add_argument('--agnostic-nms', action='store_true')
+    p.add_argument('--augment', action='store_true', help='test-time augmentation')
+    p.add_argument('--compile', action='store_true', help='torch.compile the model (faster after a slow start)')
+    return p.parse_args(argv)
+
+
+def run(opt):
+    import models
+    from test import load_model
+    from utils.datasets import LoadImages, LoadStreams, scale_boxes
+    from utils.evaluation import tta_forward
+    from utils.general import increment_path
+    from utils.nms import non_max_suppression
+    from utils.plots import colors
+    from utils.torch_utils import select_device
+    from utils.trainer import _read_names
+    device = select_device(opt.device)
+    model = load_model(opt.cfg, opt.weights, opt.img_size, device)
+    names = _read_names(opt.names, model.nc)
+    fast = models.optimize_for_inference(model, compile=opt.compile)
+    src = str(opt.source)
+    is_stream = src.isnumeric() or src.lower().startswith(('rtsp://', 'rtmp://', 'http://', 'https://'))
+    if not is_stream and not any(ch in src for ch in '*?') and not Path(src).exists():
+        raise FileNotFoundError(f'--source {src} does not exist')
+    dataset = LoadStreams(src, img_size=opt.img_size) if is_stream else LoadImages(src, img_size=opt.img_size)
+    save_dir = increment_path(Path(opt.project) / opt.name)
+    writers = {}
+    t_start, n = time.time(), 0
+    for path, img, im0s, cap, status in dataset:
+        batch = [(path, img, im0s)] if not is_stream else list(zip(path, img, im0s))
+        for p, im, im0 in batch:
+            x = torch.from_numpy(np.ascontiguousarray(im)).to(device).float().div_(255.0)[None]
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                pred = tta_forward(fast, x) if opt.augment else fast(x.contiguous(memory_format=torch.channels_last))[0]
+                det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, classes=opt.classes,
+                                          agnostic=opt.agnostic_nms)[0]
+            dt = time.perf_counter() - t0
+            det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2]).round()
+            counts = ', '.join(f'{int((det[:, 5] == c).sum())} {names[int(c)]}' for c in det[:, 5].unique())
+            print(f'{status}{x.shape[2]}x{x.shape[3]} {counts or "no detections"} ({1e3 * dt:.1f} ms)')
+            annotated = draw_detections(im0.copy(), det, names, colors)
+            stem = Path(p).stem if not is_stream else f'stream{p}'
+            if opt.save_txt:
+                write_txt(save_dir / 'labels' / f'{stem}{_frame_suffix(dataset, cap)}.txt', det, im0.shape)
+            if cap is None and not is_stream:
+                cv2.imwrite(str(save_dir / Path(p).name), annotated)
+            else:
+                out = save_dir / f'{stem}.mp4'
+                if out not in writers:
+                    fps = (cap.get(cv2.CAP_PROP_FPS) if cap is not None else 0) or 30
+                    h, w = annotated.shape[:2]
+                    writers[out] = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*opt.fourcc), fps, (w, h))
+                writers[out].write(annotated)
+            if opt.view_img:
+                cv2.imshow(str(p), annotated)
+                if cv2.waitKey(1) == ord('q'):
+                    raise StopIteration
+            n += 1
+    for w in writers.values():
+        w.release()
+    print(f'{n} images/frames in {time.time() - t_start:.1f} s. Results saved to {save_dir}')
+    return save_dir
+
+
+def _frame_suffix(dataset, cap):
+    return f'_{getattr(dataset, "frame", 0)}' if cap is not None else ''
+
+
+def draw_detections(img, det, names, colors):
+    """Boxes with a stable colour per class and 'name conf' labels (in place, BGR image)."""
+    lw = max(round(sum(img.shape[:2]) / 2 * 0.003), 2)
+    for *xyxy, conf, cls in det.tolist():
+        c = colors(int(cls), bgr=True)
+        p1, p2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
+        cv2.rectangle(img, p1, p2, c, lw, cv2.LINE_AA)
+        label = f'{names[int(cls)]} {conf:.2f}'
+        tf = max(lw - 1, 1)
+        tw, th = cv2.getTextSize(label, 0, lw / 3, tf)[0]
+        top = p1[1] - th - 3 >= 0
+        q2 = (p1[0] + tw, p1[1] - th - 3 if top else p1[1] + th + 3)
+        cv2.rectangle(img, p1, q2, c, -1, cv2.LINE_AA)
+        cv2.putText(img, label, (p1[0], p1[1] - 2 if top else p1[1] + th + 2), 0, lw / 3, (255, 255, 255), tf,
+                    cv2.LINE_AA)
+    return img
+
+
+def write_txt(path, det, shape):
+    """YOLO rows: class cx cy w h conf, normalised to the original image."""
+    from utils.general import atomic_write_text
+    h, w = shape[:2]
+    rows = []
+    for x1, y1, x2, y2, conf, cls in det.tolist():
+        rows.append(f'{int(cls)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} '
+                    f'{(y2 - y1) / h:.6f} {conf:.5f}')
+    atomic_write_text(path, '\n'.join(rows) + ('\n' if rows else ''))
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_known_args(argv)
-    sys.exit('detect.py is not implemented yet: it arrives with a later issue of the roadmap (see README.md).')
+    opt = parse_args(argv)
+    try:
+        run(opt)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -1,12 +1,106 @@
-"""test.py: filled in by a later issue of the roadmap (see README.md)."""
+"""Evaluate a model: P, R, mAP@0.5, mAP@0.5:0.95, F1 per class, speed, plots, COCO JSON.
+
+    python3 test.py --cfg cfg/yolov3.cfg --data data/coco2017.data --weights weights/yolov3.weights
+    python3 test.py --weights runs/train/exp/weights/best.pt          # cfg and data from the checkpoint/default
+    python3 test.py ... --task speed | study
+
+Writes metrics.json, PR/F1 curves, confusion matrix and validation batch images into
+runs/test/<name>. ``run(...)`` is the same as a function.
+"""
 import argparse
+import json
 import sys
+from pathlib import Path
+
+import torch
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--cfg', default='', help='model cfg (default: the cfg stored in a .pt checkpoint)')
+    p.add_argument('--data', default='data/shapes.data', help='dataset .data file')
+    p.add_argument('--weights', default='', help='.pt checkpoint or Darknet .weights')
+    p.add_argument('--batch-size', '--batch_size', type=int, default=16)
+    p.add_argument('--img-size', '--img_size', type=int, default=256, help='inference size (pixels)')
+    p.add_argument('--conf-thres', type=float, default=0.001)
+    p.add_argument('--iou-thres', type=float, default=0.6, help='NMS IoU threshold')
+    p.add_argument('--save-json', action='store_true', help='write COCO-style predictions.json')
+    p.add_argument('--task', default='test', choices=['test', 'speed', 'study'])
+    p.add_argument('--device', default='', help="'' (auto), cpu, 0")
+    p.add_argument('--single-cls', action='store_true')
+    p.add_argument('--augment', action='store_true', help='test-time augmentation')
+    p.add_argument('--merge', action='store_true', help='merge-NMS')
+    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--project', default='runs/test')
+    p.add_argument('--name', default='exp')
+    return p.parse_args(argv)
+
+
+def load_model(cfg, weights, img_size, device):
+    """Build the model from ``cfg`` (or the checkpoint's own cfg) and load ``weights``."""
+    import models
+    if weights and not Path(weights).is_file():
+        raise FileNotFoundError(f'--weights {weights} not found')
+    if not cfg and weights.endswith('.pt'):
+        model, _ = models.model_from_checkpoint(weights, img_size=img_size)
+    elif not cfg:
+        raise ValueError('--cfg is required with Darknet .weights (or pass a .pt checkpoint that carries its cfg)')
+    else:
+        model = models.Darknet(cfg, img_size=img_size)
+        if weights:
+            models.load_weights(model, weights)
+        else:
+            print('WARNING: no --weights: evaluating random weights')
+    return model.to(device).eval()
+
+
+def run(opt):
+    from utils.datasets import create_dataloader
+    from utils.evaluation import evaluate
+    from utils.general import increment_path
+    from utils.parse_config import parse_data_cfg
+    from utils.torch_utils import select_device
+    from utils.trainer import _read_names, default_data
+    device = select_device(opt.device)
+    if opt.data == 'data/shapes.data':
+        opt.data = default_data()
+    data = parse_data_cfg(opt.data)
+    nc = 1 if opt.single_cls else int(data['classes'])
+    names = _read_names(data.get('names'), nc)
+    model = load_model(opt.cfg, opt.weights, opt.img_size, device)
+    if model.nc != nc and not opt.single_cls:
+        raise ValueError(f'the model has {model.nc} classes, {opt.data} has {nc}')
+    model.fuse()
+    save_dir = increment_path(Path(opt.project) / opt.name)
+    coco = 'coco' in Path(opt.data).stem.lower() and nc == 80
+    sizes = [opt.img_size] if opt.task != 'study' else list(range(256, max(opt.img_size, 640) + 1, 64))
+    results = []
+    for size in sizes:
+        loader, _ = create_dataloader(data['valid'], size, opt.batch_size, stride=32, hyp=None, augment=False,
+                                      rect=True, workers=opt.workers, shuffle=False, pad=0.5,
+                                      single_cls=opt.single_cls, nc=nc)
+        conf = 0.25 if opt.task == 'speed' else opt.conf_thres
+        metrics = evaluate(model, loader, names, conf_thres=conf, iou_thres=opt.iou_thres, save_dir=save_dir,
+                           plots=opt.task == 'test', verbose=opt.task == 'test', augment=opt.augment,
+                           save_json=opt.save_json, coco=coco, merge=opt.merge, single_cls=opt.single_cls,
+                           gt_json=data.get('eval'))
+        results.append((size, metrics))
+    if opt.task == 'study':
+        lines = ['img_size,map50,map50_95,ms_per_image'] + [
+            f"{s},{m['map50']:.5f},{m['map50_95']:.5f},{m['speed_ms']['total']:.2f}" for s, m in results]
+        (save_dir / 'study.csv').write_text('\n'.join(lines) + '\n')
+        from utils.plots import plot_study
+        plot_study(save_dir / 'study.csv', save_dir / 'study.png')
+    print(f'Results saved to {save_dir}')
+    return results[-1][1]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_known_args(argv)
-    sys.exit('test.py is not implemented yet: it arrives with a later issue of the roadmap (see README.md).')
+    opt = parse_args(argv)
+    try:
+        run(opt)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

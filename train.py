@@ -1,12 +1,78 @@
-"""train.py: filled in by a later issue of the roadmap (see README.md)."""
+"""Train a YOLO model from a Darknet cfg.
+
+    python3 train.py                                   # small YOLO on the built-in shapes dataset
+    python3 train.py --cfg cfg/yolov3.cfg --data data/coco2017.data --weights weights/yolov3.weights -pt
+    python3 train.py --resume runs/train/exp/weights/last.pt
+    torchrun --nproc_per_node 2 train.py ...           # multi-GPU (or multi-process CPU) DDP
+
+Flags follow the 2020 upstream project (``--img-size min max test``, ``--accumulate`` via the
+nominal batch of 64, ``-pt``...). Hooks for sparsity (``-sr --s --prune``), quantization and
+distillation flags arrive with their issues (they plug into ``Trainer.grad_hooks`` and
+``Trainer.loss_terms``).
+"""
 import argparse
 import sys
 
+DEFAULT_CFG = 'cfg/yolov3-tiny-shapes.cfg'
+DEFAULT_DATA = 'data/shapes.data'
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--epochs', type=int, default=30)
+    p.add_argument('--batch-size', '--batch_size', type=int, default=16, help='total batch over all processes')
+    p.add_argument('--cfg', default=DEFAULT_CFG, help='model cfg')
+    p.add_argument('--data', default=DEFAULT_DATA, help='dataset .data file')
+    p.add_argument('--hyp', default='data/hyp.yaml', help='hyperparameter YAML')
+    p.add_argument('--img-size', '--img_size', type=int, nargs='+', default=[256],
+                   help='train min, train max, test (missing entries repeat the last)')
+    p.add_argument('--multi-scale', action='store_true', help='random train size in [min, max] (on if min != max)')
+    p.add_argument('--rect', action='store_true', help='rectangular training batches (no mosaic, no shuffle)')
+    p.add_argument('--resume', nargs='?', const='last', default='',
+                   help='resume from a last.pt (default: the newest runs/train/*/weights/last.pt)')
+    p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
+    p.add_argument('--notest', action='store_true', help='only evaluate after the final epoch')
+    p.add_argument('--evolve', type=int, default=0, metavar='N', help='evolve hyperparameters for N generations')
+    p.add_argument('--cache-images', action='store_true', help='cache decoded images in RAM')
+    p.add_argument('--weights', default='', help='initial weights (.pt or Darknet); "" = random init')
+    p.add_argument('-pt', '--pretrain', action='store_true',
+                   help='Darknet weights for another class count: skip the detection-head convs')
+    p.add_argument('--project', default='runs/train', help='parent folder of run folders')
+    p.add_argument('--name', default='exp', help='run folder name (exp, exp2, ... never overwritten)')
+    p.add_argument('--device', default='', help="'' (auto), cpu, 0, 0,1")
+    p.add_argument('--adam', action='store_true', help='Adam instead of SGD')
+    p.add_argument('--ema', action='store_true', help='keep an exponential moving average of the weights')
+    p.add_argument('--single-cls', action='store_true', help='train all classes as one')
+    p.add_argument('--workers', type=int, default=2, help='data loader worker processes')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--patience', type=int, default=0, help='stop after N epochs without improvement (0 = off)')
+    p.add_argument('--close-mosaic', type=int, default=0, help='last N epochs without mosaic')
+    p.add_argument('--freeze', type=int, default=0, help='freeze the first N layers')
+    p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (CUDA)')
+    p.add_argument('--stop-after', type=int, default=None, help='train at most N epochs in this invocation '
+                   '(time-boxed jobs; continue with --resume)')
+    opt = p.parse_args(argv)
+    opt.img_size = (opt.img_size + [opt.img_size[-1]] * 2)[:3]
+    if any(s % 32 for s in opt.img_size):
+        p.error(f'--img-size {opt.img_size}: every size must be a multiple of 32')
+    return opt
+
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_known_args(argv)
-    sys.exit('train.py is not implemented yet: it arrives with a later issue of the roadmap (see README.md).')
+    opt = parse_args(argv)
+    from utils.trainer import Trainer, resolve_resume, default_data
+    try:
+        if opt.resume:
+            opt.resume = resolve_resume(opt.resume, opt.project)
+        if opt.data == DEFAULT_DATA:
+            opt.data = default_data()
+        if opt.evolve:
+            from utils.evolve import evolve
+            evolve(opt)
+        else:
+            Trainer(opt).train()
+    except (FileNotFoundError, ValueError, FloatingPointError) as e:
+        sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -1,0 +1,436 @@
+"""The training engine behind train.py.
+
+One loop, one place for extensions: ``Trainer.loss_terms`` (callables adding loss terms,
+e.g. distillation) and ``Trainer.grad_hooks`` (callables run after backward, before the
+optimizer step, e.g. the BN-sparsity sub-gradient). Everything a run writes goes into its
+run folder (``runs/train/<name>``): opt.yaml, hyp.yaml, results.csv/png, weights/last.pt,
+weights/best.pt, weights/best.weights, plots.
+"""
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+from tqdm import tqdm
+
+import models
+from utils.general import atomic_save, atomic_write_text, increment_path
+from utils.loss import YOLOLoss
+from utils.parse_config import parse_data_cfg
+from utils.torch_utils import (ModelEMA, de_parallel, init_seeds, rng_states, select_device, set_rng_states,
+                               world_info)
+
+RESULT_FIELDS = ['epoch', 'lr', 'box', 'obj', 'cls', 'P', 'R', 'mAP@0.5', 'mAP@0.5:0.95', 'val_box', 'val_obj',
+                 'val_cls']
+
+
+def fitness(metrics):
+    """Checkpoint selection: 0.1 x mAP@0.5 + 0.9 x mAP@0.5:0.95."""
+    return 0.1 * metrics['map50'] + 0.9 * metrics['map50_95']
+
+
+def load_hyp(path):
+    with open(path) as f:
+        hyp = yaml.safe_load(f)
+    if not isinstance(hyp, dict):
+        raise ValueError(f'{path}: expected a mapping of hyperparameters')
+    missing = [k for k in ('lr0', 'momentum', 'weight_decay', 'giou', 'obj', 'cls', 'iou_t') if k not in hyp]
+    if missing:
+        raise ValueError(f'{path}: missing hyperparameters {missing}')
+    return hyp
+
+
+def param_groups(model):
+    """(no-decay BN and other weights, decayed conv/linear weights, biases) as upstream."""
+    decay, no_decay, biases = [], [], []
+    for name, p in de_parallel(model).named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.endswith('.bias'):
+            biases.append(p)
+        elif name.endswith('Conv2d.weight') or (p.ndim > 1 and 'BatchNorm' not in name):
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return no_decay, decay, biases
+
+
+def build_optimizer(model, hyp, adam=False):
+    no_decay, decay, biases = param_groups(model)
+    if adam:
+        opt = torch.optim.Adam(no_decay, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999))
+    else:
+        opt = torch.optim.SGD(no_decay, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True)
+    opt.add_param_group({'params': decay, 'weight_decay': hyp['weight_decay']})
+    opt.add_param_group({'params': biases})
+    return opt
+
+
+def cosine_lr(epoch, epochs, lrf):
+    """LR factor: cosine from 1 to lrf over the run."""
+    return lrf + (1 - lrf) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+class Trainer:
+    def __init__(self, opt):
+        self.opt = opt
+        self.rank, self.local_rank, self.world_size = world_info()
+        self.main = self.rank in (-1, 0)
+        self.loss_terms = []  # callables (trainer, imgs, targets, heads) -> (loss scalar, {name: value})
+        self.grad_hooks = []  # callables (trainer) after backward, before the optimizer step
+        self.device = select_device(opt.device)
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo')
+        init_seeds(opt.seed + max(self.rank, 0))
+        self.hyp = load_hyp(opt.hyp)
+        self._setup_run_dir()
+        self._setup_data()
+        self._setup_model()
+
+    # ------------------------------------------------------------------ setup
+    def _setup_run_dir(self):
+        opt = self.opt
+        if opt.resume:
+            self.ckpt_path = Path(opt.resume)
+            self.save_dir = self.ckpt_path.parent.parent
+        elif self.main:
+            self.save_dir = increment_path(Path(opt.project) / opt.name)
+        if self.world_size > 1:  # every rank needs the folder name chosen by rank 0
+            holder = [str(self.save_dir) if self.main else None]
+            dist.broadcast_object_list(holder, src=0)
+            self.save_dir = Path(holder[0])
+        self.wdir = self.save_dir / 'weights'
+        if self.main:
+            self.wdir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.save_dir / 'hyp.yaml', yaml.safe_dump(self.hyp, sort_keys=False))
+            atomic_write_text(self.save_dir / 'opt.yaml', yaml.safe_dump(vars(opt), sort_keys=False))
+
+    def _setup_data(self):
+        from utils.datasets import create_dataloader
+        opt = self.opt
+        data = parse_data_cfg(opt.data)
+        self.nc = 1 if opt.single_cls else int(data['classes'])
+        self.names = _read_names(data.get('names'), self.nc)
+        self.img_min, self.img_max, self.img_test = opt.img_size
+        self.multi_scale = opt.multi_scale or self.img_min != self.img_max
+        self.batch = opt.batch_size // self.world_size
+        self.train_loader, self.train_set = create_dataloader(
+            data['train'], self.img_max, self.batch, stride=32, hyp=self.hyp, augment=not opt.rect, rect=opt.rect,
+            cache=opt.cache_images, workers=opt.workers, shuffle=not opt.rect, seed=opt.seed,
+            rank=self.rank, world_size=self.world_size, single_cls=opt.single_cls, nc=self.nc)
+        self.val_loader = None
+        if self.main and not opt.notest:
+            self.val_loader, _ = create_dataloader(
+                data['valid'], self.img_test, max(1, opt.batch_size), stride=32, hyp=self.hyp, augment=False,
+                rect=True, cache=opt.cache_images, workers=opt.workers, shuffle=False, seed=opt.seed,
+                single_cls=opt.single_cls, nc=self.nc, pad=0.5)
+
+    def _setup_model(self):
+        opt = self.opt
+        ckpt = None
+        if opt.resume:
+            ckpt = models.load_checkpoint(self.ckpt_path)
+            self.model = models.Darknet(ckpt['cfg'], img_size=self.img_max)
+        else:
+            self.model = models.Darknet(opt.cfg, img_size=self.img_max)
+        model = self.model
+        if model.nc != self.nc:
+            raise ValueError(f'{opt.cfg} has {model.nc} classes but {opt.data} has {self.nc}; rewrite the cfg with '
+                             f'`python3 models.py rewrite {opt.cfg} OUT.cfg --classes {self.nc}`')
+        _init_head_biases(model)
+        if ckpt is None and opt.weights:
+            if not os.path.isfile(opt.weights):
+                raise FileNotFoundError(f'--weights {opt.weights} not found (use --weights "" to start from '
+                                        'random weights)')
+            loaded = models.load_weights(model, opt.weights, pretrain=opt.pretrain)
+            if self.main and opt.weights.endswith('.pt'):
+                print(f'{opt.weights}: loaded {len(loaded[0])} tensors, skipped {len(loaded[1])} of another shape')
+        for i in range(min(opt.freeze, len(model.module_list))):
+            for p in model.module_list[i].parameters():
+                p.requires_grad_(False)
+        model.to(self.device)
+        self.optimizer = build_optimizer(model, self.hyp, opt.adam)
+        self.ema = ModelEMA(model) if opt.ema and self.main else None
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.device.type == 'cuda')
+        self.start_epoch, self.best_fitness, self.updates = 0, 0.0, 0
+        self.results = []
+        if ckpt is not None:
+            model.load_state_dict(ckpt['model'])
+            if ckpt.get('optimizer') is None:
+                raise ValueError(f'{self.ckpt_path}: has no optimizer state (a finished, stripped run); '
+                                 'start a new run with --weights instead of --resume')
+            self.optimizer.load_state_dict(ckpt['optimizer'])
+            if self.ema and ckpt.get('ema'):
+                self.ema.ema.load_state_dict(ckpt['ema'])
+                self.ema.updates = int(ckpt['ema_updates'])
+            if ckpt.get('scaler'):
+                self.scaler.load_state_dict(ckpt['scaler'])
+            self.start_epoch = int(ckpt['epoch']) + 1
+            self.best_fitness = float(ckpt['best_fitness'] or 0.0)
+            self.updates = int(ckpt.get('updates', 0))
+            self.results = [dict(zip(RESULT_FIELDS, map(float, r))) for r in ckpt.get('results', torch.zeros(0, 12))
+                            .tolist()]
+            if 'rng' in ckpt:
+                set_rng_states(ckpt['rng'])
+            if self.main:
+                print(f'Resuming {self.ckpt_path} from epoch {self.start_epoch}')
+        if self.world_size > 1:
+            if opt.sync_bn and self.device.type == 'cuda':
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.ddp = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+        else:
+            self.ddp = model
+        self.loss_fn = YOLOLoss(model, self.hyp)
+        self.nominal_batch = 64
+        self.accumulate = max(round(self.nominal_batch / opt.batch_size), 1)
+
+    # ------------------------------------------------------------------ loop
+    def train(self):
+        opt, hyp = self.opt, self.hyp
+        epochs = opt.epochs
+        nb = len(self.train_loader)
+        n_burn = max(round(hyp.get('warmup_epochs', 3) * nb), 100) if self.start_epoch == 0 else 0
+        lrf = hyp.get('lrf', 0.05)
+        stop_epoch = epochs if opt.stop_after is None else min(epochs, self.start_epoch + opt.stop_after)
+        patience_left = opt.patience
+        t0 = time.time()
+        for epoch in range(self.start_epoch, stop_epoch):
+            if self.world_size > 1 and hasattr(self.train_loader.sampler, 'set_epoch'):
+                self.train_loader.sampler.set_epoch(epoch)
+            if hasattr(self.train_set, 'set_epoch'):
+                self.train_set.set_epoch(epoch)
+            if opt.close_mosaic and epoch >= epochs - opt.close_mosaic and hasattr(self.train_set, 'close_mosaic'):
+                self.train_set.close_mosaic()
+            self.ddp.train()
+            mean_items = torch.zeros(4, device=self.device)
+            pbar = enumerate(self.train_loader)
+            if self.main:
+                print(('\n' + '%10s' * 8) % ('Epoch', 'mem', 'box', 'obj', 'cls', 'total', 'targets', 'img_size'))
+                pbar = tqdm(pbar, total=nb, bar_format='{l_bar}{bar:10}{r_bar}')
+            self.optimizer.zero_grad(set_to_none=True)
+            for i, (imgs, targets, paths, _) in pbar:
+                ni = i + nb * epoch  # integrated batch index
+                imgs = imgs.to(self.device, non_blocking=True).float() / 255.0
+                self._adjust_lr(epoch, epochs, ni, n_burn, lrf)
+                if self.multi_scale:
+                    imgs = self._random_resize(imgs, ni)
+                loss, items = self._step(imgs, targets, ni)
+                mean_items = (mean_items * i + items) / (i + 1)
+                if self.main:
+                    mem = (f'{torch.cuda.memory_reserved() / 1e9:.3g}G' if self.device.type == 'cuda' else
+                           f'{_rss_gb():.3g}G')
+                    pbar.set_description(('%10s' * 2 + '%10.4g' * 6) % (
+                        f'{epoch}/{epochs - 1}', mem, *mean_items.tolist(), len(targets), imgs.shape[-1]))
+                if i == 0 and epoch == self.start_epoch and self.main and not opt.evolve:
+                    self._plot_batch(imgs, targets, paths)
+            lr = self.optimizer.param_groups[0]['lr']
+            if self.main:
+                final = epoch == epochs - 1
+                metrics = self._validate(final)
+                row = {'epoch': epoch, 'lr': lr, 'box': mean_items[0].item(), 'obj': mean_items[1].item(),
+                       'cls': mean_items[2].item(), 'P': metrics['precision'], 'R': metrics['recall'],
+                       'mAP@0.5': metrics['map50'], 'mAP@0.5:0.95': metrics['map50_95'],
+                       **dict(zip(('val_box', 'val_obj', 'val_cls'), metrics.get('val_losses', [0, 0, 0])))}
+                self.results.append(row)
+                self._write_results()
+                fit = fitness(metrics)
+                improved = fit > self.best_fitness
+                if improved:
+                    self.best_fitness, patience_left = fit, opt.patience
+                else:
+                    patience_left -= 1
+                if not opt.nosave or final:
+                    self._save(epoch, improved)
+                if opt.patience and patience_left <= 0:
+                    print(f'Early stop: no fitness improvement for {opt.patience} epochs')
+                    break
+            if self.world_size > 1:
+                dist.barrier()
+        if self.main:
+            print(f'{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.')
+            self._finish(completed=stop_epoch == epochs)
+        return self.results[-1] if self.results else None
+
+    def _step(self, imgs, targets, ni):
+        """Forward, loss (+ extra terms), backward, grad hooks, accumulated optimizer step."""
+        amp = self.device.type == 'cuda'
+        with torch.autocast(self.device.type, enabled=amp):
+            heads = self.ddp(imgs)
+            loss, items = self.loss_fn(heads, targets.to(self.device), imgs.shape[-2:])
+            for term in self.loss_terms:
+                extra, _ = term(self, imgs, targets, heads)
+                loss = loss + extra
+        # gradients of the mean-per-batch loss, scaled to the nominal batch of 64 (DDP averages ranks)
+        loss = loss * self.batch * self.world_size / self.nominal_batch
+        if not torch.isfinite(loss):
+            self.nan_count = getattr(self, 'nan_count', 0) + 1
+            if self.nan_count >= 5:
+                raise FloatingPointError(f'loss is {loss.item()} for 5 batches in a row: stopping (try a lower '
+                                         '--hyp lr0, or check the labels)')
+            print(f'WARNING: non-finite loss ({loss.item()}), batch skipped')
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss.detach(), items
+        self.nan_count = 0
+        self.scaler.scale(loss).backward()
+        if self.grad_hooks:
+            self.scaler.unscale_(self.optimizer)  # hooks see true gradients (sparsity under AMP works)
+            for hook in self.grad_hooks:
+                hook(self)
+        if ni % self.current_accumulate == 0:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.updates += 1
+            if self.ema:
+                self.ema.update(self.model)
+        return loss.detach(), items
+
+    def _adjust_lr(self, epoch, epochs, ni, n_burn, lrf):
+        hyp = self.hyp
+        factor = cosine_lr(epoch, epochs, lrf)
+        self.current_accumulate = self.accumulate
+        if ni < n_burn:  # burn-in: lr ramps up (biases ramp down from warmup_bias_lr), momentum ramps up
+            x = [0, n_burn]
+            self.current_accumulate = max(1, round(np.interp(ni, x, [1, self.accumulate])))
+            self.loss_fn.gr = float(np.interp(ni, x, [0.0, 1.0]))
+            for j, g in enumerate(self.optimizer.param_groups):
+                start = hyp.get('warmup_bias_lr', 0.1) if j == 2 else 0.0
+                g['lr'] = float(np.interp(ni, x, [start, hyp['lr0'] * factor]))
+                if 'momentum' in g:
+                    g['momentum'] = float(np.interp(ni, x, [hyp.get('warmup_momentum', 0.8), hyp['momentum']]))
+        else:
+            self.loss_fn.gr = 1.0
+            for g in self.optimizer.param_groups:
+                g['lr'] = hyp['lr0'] * factor
+
+    def _random_resize(self, imgs, ni):
+        if ni % self.accumulate == 0 or not hasattr(self, 'train_size'):
+            from utils.datasets import random_train_size
+            self.train_size = random_train_size(self.img_min, self.img_max, 32)
+        if imgs.shape[-1] != self.train_size or imgs.shape[-2] != self.train_size:
+            scale = self.train_size / max(imgs.shape[2:])
+            new = [math.ceil(s * scale / 32) * 32 for s in imgs.shape[2:]]
+            imgs = nn.functional.interpolate(imgs, size=new, mode='bilinear', align_corners=False)
+        return imgs
+
+    # ------------------------------------------------------------------ evaluation, logging, saving
+    def _eval_model(self):
+        return self.ema.ema if self.ema else de_parallel(self.ddp)
+
+    def _validate(self, final):
+        if self.val_loader is None or (self.opt.notest and not final):
+            return {'precision': 0.0, 'recall': 0.0, 'map50': 0.0, 'map50_95': 0.0, 'val_losses': [0, 0, 0]}
+        from utils.evaluation import evaluate
+        return evaluate(self._eval_model(), self.val_loader, self.names, conf_thres=0.001, iou_thres=0.6,
+                        loss_fn=self.loss_fn, save_dir=self.save_dir, plots=final, verbose=final)
+
+    def _write_results(self):
+        lines = [','.join(RESULT_FIELDS)] + [','.join(f'{r[k]:.6g}' for k in RESULT_FIELDS) for r in self.results]
+        atomic_write_text(self.save_dir / 'results.csv', '\n'.join(lines) + '\n')
+
+    def _checkpoint(self, epoch, with_optimizer=True):
+        model = self._eval_model()
+        results = torch.tensor([[r[k] for k in RESULT_FIELDS] for r in self.results], dtype=torch.float64)
+        ckpt = {'epoch': epoch, 'best_fitness': self.best_fitness, 'model': model.state_dict(), 'cfg': model.cfg_text(),
+                'optimizer': self.optimizer.state_dict() if with_optimizer else None, 'results': results,
+                'updates': self.updates}
+        if with_optimizer:
+            ckpt.update(rng=rng_states(), scaler=self.scaler.state_dict())
+            if self.ema:  # the raw weights too, so a resumed run continues the same trajectory
+                ckpt.update(model=de_parallel(self.ddp).state_dict(), ema=self.ema.ema.state_dict(),
+                            ema_updates=self.ema.updates)
+        return ckpt
+
+    def _save(self, epoch, improved):
+        ckpt = self._checkpoint(epoch)
+        atomic_save(lambda tmp: torch.save(ckpt, tmp), self.wdir / 'last.pt')
+        if improved:
+            atomic_save(lambda tmp: torch.save(ckpt, tmp), self.wdir / 'best.pt')
+
+    def _finish(self, completed):
+        if not completed:
+            return
+        for name in ('last.pt', 'best.pt'):  # strip optimizer state; EMA weights become the model
+            path = self.wdir / name
+            if path.is_file():
+                ckpt = models.load_checkpoint(path)
+                if 'ema' in ckpt:
+                    ckpt['model'] = ckpt.pop('ema')
+                for k in ('optimizer', 'rng', 'scaler', 'ema_updates'):
+                    ckpt[k] = None
+                atomic_save(lambda tmp: torch.save(ckpt, tmp), path)
+        best = self.wdir / 'best.pt'
+        if best.is_file():
+            model, _ = models.model_from_checkpoint(best)
+            models.save_weights(model, self.wdir / 'best.weights')
+        try:
+            from utils.plots import plot_results
+            plot_results(self.save_dir / 'results.csv', self.save_dir)
+        except ImportError:
+            pass
+        print(f'Results saved to {self.save_dir}')
+
+    def _plot_batch(self, imgs, targets, paths):
+        try:
+            from utils.plots import plot_images
+            plot_images(imgs, targets, paths, self.save_dir / 'train_batch0.jpg', self.names)
+        except ImportError:
+            pass
+
+
+def _read_names(path, nc):
+    if path and os.path.isfile(path):
+        names = [n.strip() for n in Path(path).read_text().splitlines() if n.strip()]
+        if len(names) >= nc:
+            return names[:nc]
+    return [str(i) for i in range(nc)]
+
+
+def _init_head_biases(model):
+    """Objectness bias -4.5 (few objects per image), class bias log(0.6/(nc-0.99)): stable early training."""
+    with torch.no_grad():
+        for i in model.yolo_layers:
+            conv = model.module_list[i - 1].Conv2d
+            layer = model.module_list[i]
+            if conv.bias is None or layer.new_coords:
+                continue
+            b = conv.bias.view(layer.na, -1)
+            b[:, 4] = -4.5
+            b[:, 5:] = math.log(0.6 / (layer.nc - 0.99)) if layer.nc > 1 else 0.0
+
+
+def _rss_gb():
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    except ImportError:
+        return 0.0
+
+
+def resolve_resume(resume, project='runs/train'):
+    """--resume with no path -> the newest last.pt under ``project``."""
+    if resume != 'last':
+        if not os.path.isfile(resume):
+            raise FileNotFoundError(f'--resume {resume}: no such checkpoint')
+        return resume
+    candidates = sorted(Path(project).glob('*/weights/last.pt'), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f'--resume: no last.pt under {project}/*/weights/')
+    return str(candidates[-1])
+
+
+def default_data():
+    """The built-in shapes dataset, generated on first use."""
+    import importlib.util
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location('shapes', root / 'data' / 'shapes.py')
+    shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shapes)
+    return str(shapes.ensure_shapes(str(root / 'data' / 'shapes')))
