@@ -68,13 +68,12 @@ def image_id(path):
 def evaluate(model, loader, names, conf_thres=0.001, iou_thres=0.6, loss_fn=None, save_dir=None, plots=False,
              verbose=False, augment=False, save_json=False, coco=False, max_det=300, merge=False,
              single_cls=False, gt_json=None):
-    from utils.metrics import ConfusionMatrix, Evaluator
+    from utils.metrics import Evaluator
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     nc = len(names)
-    evaluator = Evaluator(nc)
-    confusion = ConfusionMatrix(nc)
+    evaluator = Evaluator(nc, names=names)
     val_losses = torch.zeros(3, device=device)
     t_infer = t_nms = 0.0
     n_images = 0
@@ -101,6 +100,7 @@ def evaluate(model, loader, names, conf_thres=0.001, iou_thres=0.6, loss_fn=None
                                    agnostic=single_cls)
         t2 = _sync(device)
         t_infer, t_nms, n_images = t_infer + t1 - t0, t_nms + t2 - t1, n_images + b
+        batch_dets, batch_gts = [], []
         for si, det in enumerate(dets):
             labels = targets[targets[:, 0] == si, 1:]
             gt = torch.zeros((len(labels), 5), device=device)
@@ -111,13 +111,15 @@ def evaluate(model, loader, names, conf_thres=0.001, iou_thres=0.6, loss_fn=None
             if single_cls:
                 det[:, 5] = 0
             det[:, :4] = scale_to_original(det[:, :4], (h, w), shapes[si])
-            evaluator.update(det.cpu(), gt.cpu())
-            confusion.process_batch(det.cpu(), gt.cpu())
+            batch_dets.append(det.cpu())
+            batch_gts.append(gt.cpu())
             if save_json:
                 json_rows += _json_rows(det.cpu(), paths[si], coco)
+        evaluator.update(batch_dets, batch_gts)
         if plots and save_dir and bi < 3:
             _plot_val_batch(imgs, targets, dets, paths, names, save_dir, bi)
-    metrics = evaluator.compute()
+    metrics = evaluator.compute(plot=bool(plots and save_dir), save_dir=save_dir)
+    metrics.pop('ap_result', None)
     metrics['speed_ms'] = {'inference': 1e3 * t_infer / max(n_images, 1), 'nms': 1e3 * t_nms / max(n_images, 1),
                            'total': 1e3 * (t_infer + t_nms) / max(n_images, 1)}
     metrics['val_losses'] = (val_losses / max(len(loader), 1)).tolist()
@@ -126,9 +128,6 @@ def evaluate(model, loader, names, conf_thres=0.001, iou_thres=0.6, loss_fn=None
     if save_dir:
         save_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(save_dir / 'metrics.json', json.dumps(_jsonable(metrics), indent=2))
-        if plots:
-            confusion.plot(save_dir, names)
-            evaluator.plot(save_dir, names) if hasattr(evaluator, 'plot') else None
         if save_json:
             atomic_write_text(save_dir / 'predictions.json', json.dumps(json_rows))
             if gt_json:
