@@ -157,7 +157,8 @@ def plot_images(images, targets=None, paths=None, fname='images.jpg', names=None
     images: [B,3,H,W] uint8, or float in 0..1 or 0..255. targets: [n,6] (img_idx, cls, cx, cy, w, h)
     for labels or [n,7] with a trailing confidence for predictions (drawn when conf > conf_thres,
     labelled with it). Box coordinates are fractions of the image (``normalized=True``) or pixels
-    of the network input (``False``); None decides per call: all coordinates <= 1.01 -> fractions.
+    of the network input (``False``); None decides per call: all |coordinates| <= 2 -> fractions
+    (boxes poking out of the image still count as fractions; pixel boxes are never that small).
     Up to ``max_subplots`` images, the mosaic scaled to at most ``max_size`` px. Returns the path.
     """
     imgs = _to_uint8_images(images)[:max_subplots]
@@ -172,7 +173,7 @@ def plot_images(images, targets=None, paths=None, fname='images.jpg', names=None
     if t.shape[1] not in (6, 7):
         raise ValueError(f'plot_images targets must be [n,6] or [n,7], got {t.shape}')
     if normalized is None:
-        normalized = not len(t) or float(np.abs(t[:, 2:6]).max()) <= 1.01
+        normalized = not len(t) or float(np.abs(t[:, 2:6]).max()) <= 2.0
     thickness = max(1, round(2 * max(th, tw) / 640))
     for i, img in enumerate(imgs):
         x0, y0 = (i % ns) * tw, (i // ns) * th
