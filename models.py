@@ -82,8 +82,9 @@ class MaxPool(nn.Module):
         super().__init__()
         left, right = padding // 2, padding - padding // 2
         self.pads = None
-        # 2x2/2 without left pad: on even maps two element-wise maxima of strided views beat
-        # the pooling kernel by ~2x in channels_last (and the right pad is never reached)
+        # 2x2/2 without left pad, inference: on even maps two element-wise maxima of strided views
+        # beat the pooling kernel by ~2x in channels_last (the right pad is never reached); their
+        # backward is slow, so training uses the pooling kernel
         self.pairwise = size == stride == 2 and left == 0
         if left == right and left <= size // 2:
             self.pool = nn.MaxPool2d(size, stride, padding=left)
@@ -93,7 +94,7 @@ class MaxPool(nn.Module):
             self.pool, self.pads = nn.MaxPool2d(size, stride), (left, right, left, right)
 
     def forward(self, x):
-        if self.pairwise and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+        if self.pairwise and not x.requires_grad and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
             rows = torch.maximum(x[:, :, 0::2], x[:, :, 1::2])
             return torch.maximum(rows[..., 0::2], rows[..., 1::2])
         if self.pads is not None:

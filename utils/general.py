@@ -4,6 +4,16 @@ import tempfile
 from pathlib import Path
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _publish(tmp, path):
+    """Give the temp file normal permissions (mkstemp makes it 0600), then rename it into place."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` via a temp file in the same folder + rename, so a
     crash never leaves a half-written file behind."""
@@ -15,7 +25,7 @@ def atomic_write_bytes(path, data):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -35,7 +45,7 @@ def atomic_save(save_fn, path):
     os.close(fd)
     try:
         save_fn(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -154,7 +154,7 @@ class Trainer:
         for i in range(min(opt.freeze, len(model.module_list))):
             for p in model.module_list[i].parameters():
                 p.requires_grad_(False)
-        model.to(self.device)
+        model.to(self.device, memory_format=torch.channels_last)  # oneDNN/cuDNN's fast layout: ~20% faster
         self.optimizer = build_optimizer(model, self.hyp, opt.adam)
         self.ema = ModelEMA(model) if opt.ema and self.main else None
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.device.type == 'cuda')
@@ -217,7 +217,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             for i, (imgs, targets, paths, _) in pbar:
                 ni = i + nb * epoch  # integrated batch index
-                imgs = imgs.to(self.device, non_blocking=True).float() / 255.0
+                imgs = imgs.to(self.device, non_blocking=True).float().div_(255.0)
+                imgs = imgs.contiguous(memory_format=torch.channels_last)
                 self._adjust_lr(epoch, epochs, ni, n_burn, lrf)
                 if self.multi_scale:
                     imgs = self._random_resize(imgs, ni)
