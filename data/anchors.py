@@ -218,6 +218,8 @@ def main(argv=None):
         p.error('--cfg and --out go together')
     if opt.thr <= 0:
         p.error(f'--thr must be positive, got {opt.thr}')
+    if opt.img_size < 32 or opt.gen < 0 or (opt.n is not None and opt.n < 1):
+        p.error(f'need --img-size >= 32, --gen >= 0 and -n >= 1 (got {opt.img_size}, {opt.gen}, {opt.n})')
     sections = None
     if opt.cfg:
         from utils.parse_config import parse_cfg
@@ -252,4 +254,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, no traceback
+        sys.exit(f'anchors.py: error: {e}')

@@ -405,4 +405,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except ValueError as e:  # bad parameters: one clear line, no traceback
+        sys.exit(f'shapes.py: error: {e}')
