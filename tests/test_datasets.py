@@ -212,6 +212,17 @@ def test_mixup_keeps_both_label_sets(tmp_path):
     assert not torch.equal(img0, img1)
 
 
+def test_ram_image_cache_gives_the_same_items(tmp_path, capsys):
+    listfile = make_dataset(tmp_path, SPECS)
+    hyp = {**AUG_DEFAULTS, 'scale': 0.2}
+    plain = LoadImagesAndLabels(str(listfile), img_size=128, augment=True, hyp=hyp)
+    cached = LoadImagesAndLabels(str(listfile), img_size=128, augment=True, hyp=hyp, cache_images=True)
+    assert 'cached 4 images in RAM (0.00 GB)' in capsys.readouterr().out and all(i is not None for i in cached.imgs)
+    for i in range(len(plain)):
+        a, b = plain[i], cached[i]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 def test_close_mosaic_and_hyp_validation(tmp_path):
     listfile = make_dataset(tmp_path, SPECS[:1])
     ds = LoadImagesAndLabels(str(listfile), img_size=128, augment=True, hyp={**NO_AUG, 'mosaic': 1.0})
@@ -315,7 +326,8 @@ def test_rect_batches_are_stride_multiples_and_collate_fills_the_index(tmp_path)
     loader, ds = create_dataloader(str(listfile), 256, 2, rect=True, workers=0)
     shapes = [tuple(b[0].shape[2:]) for b in loader]
     assert shapes == [(96, 256), (256, 128)]  # landscape pair (h/w <= 0.367), portrait pair (w/h >= 0.433)
-    imgs, targets, paths, _ = next(iter(loader))
+    imgs, targets, paths, shapes = next(iter(loader))
+    assert all(type(v) is int for v in (*shapes[0][0], *shapes[0][1][1]))  # plain ints (JSON/printing)
     assert imgs.dtype == torch.uint8 and targets[:, 0].tolist() == [0, 1]
     assert [Path(p).name for p in paths] == ['0.png', '2.png']
     # DDP: whole batches per rank, equal step counts

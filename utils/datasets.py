@@ -48,10 +48,11 @@ from utils.general import atomic_write_bytes
 
 IMG_FORMATS = {'.bmp', '.jpg', '.jpeg', '.png', '.tif', '.tiff', '.dng', '.webp'}
 VID_FORMATS = {'.mov', '.avi', '.mp4', '.mpg', '.mpeg', '.m4v', '.wmv', '.mkv'}
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # bump whenever the cache layout changes
 COORD_TOLERANCE = 1e-3  # coordinates this far outside [0, 1] are clipped; further out they are errors
 MAX_LISTED = 20  # problems listed in one warning / error before "... and N more"
 _BAR = '{l_bar}{bar:10}{r_bar}'
+_STATS = ('found', 'missing', 'empty', 'duplicate', 'corrupt')  # the summary line's counters
 
 
 # ============================================================================= files
@@ -265,13 +266,13 @@ def _read_cache(path, key):
                 return None
             arr, ends = z['labels'].astype(np.float32), np.cumsum(z['counts']).tolist()
             labels = [arr[a:b] for a, b in zip([0] + ends[:-1], ends)]  # views of one array
-            return (_unpack(z['files']), labels, z['shapes'], dict(zip(_STATS, z['stats'].tolist())),
+            files = _unpack(z['files'])
+            if not len(files) == len(labels) == len(z['shapes']):
+                return None
+            return (files, labels, z['shapes'], dict(zip(_STATS, z['stats'].tolist())),
                     _unpack(z['bad_images']), _unpack(z['bad_rows']))
     except Exception:  # missing, truncated, an older format: rebuild
         return None
-
-
-_STATS = ('found', 'missing', 'empty', 'duplicate', 'corrupt')
 
 
 def _summary(stats):
@@ -298,6 +299,8 @@ def load_labels(img_files, nc=None, strict=False, cache_path=None, prefix='', wo
     cached = result is not None
     if not cached:
         result = _check_all(img_files, label_files, nc, prefix, workers)
+    if cache_path and not cached:  # the check result holds whatever strict says: cache it first
+        _write_cache(cache_path, key, result, prefix)
     files, labels, shapes, stats, bad_images, bad_rows = result
     print(f'{prefix}{_summary(stats)}' + (f' (cache {cache_path})' if cached else ''))
     if bad_images:
@@ -309,8 +312,6 @@ def load_labels(img_files, nc=None, strict=False, cache_path=None, prefix='', wo
         warnings.warn(f'{prefix}{len(bad_rows)} bad label row(s); their images are excluded:{_listing(bad_rows)}')
     if not files:
         raise ValueError(f'{prefix}no usable images among {len(img_files)} (see the warnings above)')
-    if cache_path and not cached:
-        _write_cache(cache_path, key, result, prefix)
     return files, labels, np.asarray(shapes, np.int64).reshape(-1, 2)
 
 
@@ -518,7 +519,7 @@ class LoadImagesAndLabels(Dataset):
     def _letterboxed(self, index, rng):
         """Letterbox (+ random affine when augmenting): (img, labels [n,5] cls + xyxy px, shapes)."""
         img, (h0, w0), (h, w) = self._load(index)
-        shape = tuple(self.batch_shapes[self.batch_index[index]]) if self.rect else self.img_size
+        shape = tuple(int(v) for v in self.batch_shapes[self.batch_index[index]]) if self.rect else self.img_size
         img, (rh, rw), (pw, ph) = letterbox(img, shape, scaleup=self.augment)
         shapes = ((h0, w0), ((h / h0 * rh, w / w0 * rw), (pw, ph)))
         labels = self.labels[index]
