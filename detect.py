@@ -50,8 +50,8 @@ def run(opt):
     from utils.torch_utils import select_device
     from utils.trainer import _read_names
     device = select_device(opt.device)
-    model = load_model(opt.cfg, opt.weights, opt.img_size, device)
-    names = _read_names(opt.names, model.nc)
+    model, ckpt_names = load_model(opt.cfg, opt.weights, opt.img_size, device)
+    names = _read_names(opt.names, model.nc) if opt.names or not ckpt_names else ckpt_names
     fast = models.optimize_for_inference(model, compile=opt.compile)
     src = str(opt.source)
     is_stream = src.isnumeric() or src.lower().startswith(('rtsp://', 'rtmp://', 'http://', 'https://'))
@@ -69,9 +69,10 @@ def run(opt):
             with torch.inference_mode():
                 pred = tta_forward(fast, x) if opt.augment else fast(x.contiguous(memory_format=torch.channels_last))[0]
                 det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, classes=opt.classes,
-                                          agnostic=opt.agnostic_nms)[0]
+                                          agnostic=opt.agnostic_nms)[0].clone()
+                det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2]).round()
             dt = time.perf_counter() - t0
-            det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2]).round()
+            det = det.cpu().clone()
             counts = ', '.join(f'{int((det[:, 5] == c).sum())} {names[int(c)]}' for c in det[:, 5].unique())
             print(f'{status}{x.shape[2]}x{x.shape[3]} {counts or "no detections"} ({1e3 * dt:.1f} ms)')
             annotated = draw_detections(im0.copy(), det, names, colors)

@@ -8,11 +8,9 @@ Writes metrics.json, PR/F1 curves, confusion matrix and validation batch images 
 runs/test/<name>. ``run(...)`` is the same as a function.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import torch
 
 
 def parse_args(argv=None):
@@ -37,21 +35,26 @@ def parse_args(argv=None):
 
 
 def load_model(cfg, weights, img_size, device):
-    """Build the model from ``cfg`` (or the checkpoint's own cfg) and load ``weights``."""
+    """Build the model from ``cfg`` (or the checkpoint's own cfg) and load ``weights``.
+    Returns (model in eval mode, class names stored in the checkpoint or None)."""
     import models
     if weights and not Path(weights).is_file():
         raise FileNotFoundError(f'--weights {weights} not found')
-    if not cfg and weights.endswith('.pt'):
-        model, _ = models.model_from_checkpoint(weights, img_size=img_size)
-    elif not cfg:
+    names = None
+    if weights.endswith('.pt'):
+        ckpt = models.load_checkpoint(weights)
+        names = ckpt.get('names')
+        if not cfg:
+            model, _ = models.model_from_checkpoint(weights, img_size=img_size)
+            return model.to(device).eval(), names
+    if not cfg:
         raise ValueError('--cfg is required with Darknet .weights (or pass a .pt checkpoint that carries its cfg)')
+    model = models.Darknet(cfg, img_size=img_size)
+    if weights:
+        models.load_weights(model, weights)
     else:
-        model = models.Darknet(cfg, img_size=img_size)
-        if weights:
-            models.load_weights(model, weights)
-        else:
-            print('WARNING: no --weights: evaluating random weights')
-    return model.to(device).eval()
+        print('WARNING: no --weights: evaluating random weights')
+    return model.to(device).eval(), names
 
 
 def run(opt):
@@ -67,7 +70,7 @@ def run(opt):
     data = parse_data_cfg(opt.data)
     nc = 1 if opt.single_cls else int(data['classes'])
     names = _read_names(data.get('names'), nc)
-    model = load_model(opt.cfg, opt.weights, opt.img_size, device)
+    model, _ = load_model(opt.cfg, opt.weights, opt.img_size, device)
     if model.nc != nc and not opt.single_cls:
         raise ValueError(f'the model has {model.nc} classes, {opt.data} has {nc}')
     model.fuse()

@@ -21,6 +21,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--epochs', type=int, default=30)
     p.add_argument('--batch-size', '--batch_size', type=int, default=16, help='total batch over all processes')
+    p.add_argument('--nbs', type=int, default=64, help='nominal batch size: gradients accumulate to it before a step')
     p.add_argument('--cfg', default=DEFAULT_CFG, help='model cfg')
     p.add_argument('--data', default=DEFAULT_DATA, help='dataset .data file')
     p.add_argument('--hyp', default='data/hyp.yaml', help='hyperparameter YAML')

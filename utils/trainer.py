@@ -124,6 +124,9 @@ class Trainer:
             data['train'], self.img_max, self.batch, stride=32, hyp=self.hyp, augment=not opt.rect, rect=opt.rect,
             cache=opt.cache_images, workers=opt.workers, shuffle=not opt.rect, seed=opt.seed,
             rank=self.rank, world_size=self.world_size, single_cls=opt.single_cls, nc=self.nc)
+        if self.main and not opt.evolve:
+            from utils.plots import plot_labels
+            plot_labels(np.concatenate(self.train_set.labels, 0), self.names, self.save_dir)
         self.val_loader = None
         if self.main and not opt.notest:
             self.val_loader, _ = create_dataloader(
@@ -188,7 +191,7 @@ class Trainer:
         else:
             self.ddp = model
         self.loss_fn = YOLOLoss(model, self.hyp)
-        self.nominal_batch = 64
+        self.nominal_batch = opt.nbs  # gradients are accumulated to this batch size before a step
         self.accumulate = max(round(self.nominal_batch / opt.batch_size), 1)
 
     # ------------------------------------------------------------------ loop
@@ -196,7 +199,8 @@ class Trainer:
         opt, hyp = self.opt, self.hyp
         epochs = opt.epochs
         nb = len(self.train_loader)
-        n_burn = max(round(hyp.get('warmup_epochs', 3) * nb), 100) if self.start_epoch == 0 else 0
+        warmup = hyp.get('warmup_epochs', 3)
+        n_burn = max(round(warmup * nb), 100) if warmup > 0 else 0  # iterations; ni counts from epoch 0
         lrf = hyp.get('lrf', 0.05)
         stop_epoch = epochs if opt.stop_after is None else min(epochs, self.start_epoch + opt.stop_after)
         patience_left = opt.patience
@@ -279,6 +283,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             return loss.detach(), items
         self.nan_count = 0
+        if self.world_size > 1:  # log the mean over ranks (= the global batch's loss)
+            items = items.clone()
+            dist.all_reduce(items)
+            items /= self.world_size
         self.scaler.scale(loss).backward()
         if self.grad_hooks:
             self.scaler.unscale_(self.optimizer)  # hooks see true gradients (sparsity under AMP works)
@@ -314,7 +322,8 @@ class Trainer:
     def _random_resize(self, imgs, ni):
         if ni % self.accumulate == 0 or not hasattr(self, 'train_size'):
             from utils.datasets import random_train_size
-            self.train_size = random_train_size(self.img_min, self.img_max, 32)
+            rng = np.random.default_rng([self.opt.seed, ni])  # a function of the step: resumable
+            self.train_size = random_train_size(self.img_min, self.img_max, 32, rng)
         if imgs.shape[-1] != self.train_size or imgs.shape[-2] != self.train_size:
             scale = self.train_size / max(imgs.shape[2:])
             new = [math.ceil(s * scale / 32) * 32 for s in imgs.shape[2:]]
@@ -341,7 +350,7 @@ class Trainer:
         results = torch.tensor([[r[k] for k in RESULT_FIELDS] for r in self.results], dtype=torch.float64)
         ckpt = {'epoch': epoch, 'best_fitness': self.best_fitness, 'model': model.state_dict(), 'cfg': model.cfg_text(),
                 'optimizer': self.optimizer.state_dict() if with_optimizer else None, 'results': results,
-                'updates': self.updates}
+                'updates': self.updates, 'names': list(self.names)}
         if with_optimizer:
             ckpt.update(rng=rng_states(), scaler=self.scaler.state_dict())
             if self.ema:  # the raw weights too, so a resumed run continues the same trajectory
