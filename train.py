@@ -12,6 +12,7 @@ distillation flags arrive with their issues (they plug into ``Trainer.grad_hooks
 """
 import argparse
 import sys
+from pathlib import Path
 
 DEFAULT_CFG = 'cfg/yolov3-tiny-shapes.cfg'
 DEFAULT_DATA = 'data/shapes.data'
@@ -22,6 +23,8 @@ def parse_args(argv=None):
     p.add_argument('--epochs', type=int, default=30)
     p.add_argument('--batch-size', '--batch_size', type=int, default=16, help='total batch over all processes')
     p.add_argument('--nbs', type=int, default=64, help='nominal batch size: gradients accumulate to it before a step')
+    p.add_argument('--accumulate', type=int, default=None,
+                   help='upstream spelling: batches per optimizer step (sets --nbs to accumulate x batch-size)')
     p.add_argument('--cfg', default=DEFAULT_CFG, help='model cfg')
     p.add_argument('--data', default=DEFAULT_DATA, help='dataset .data file')
     p.add_argument('--hyp', default='data/hyp.yaml', help='hyperparameter YAML')
@@ -53,18 +56,45 @@ def parse_args(argv=None):
     p.add_argument('--stop-after', type=int, default=None, help='train at most N epochs in this invocation '
                    '(time-boxed jobs; continue with --resume)')
     opt = p.parse_args(argv)
+    if opt.accumulate:
+        opt.nbs = opt.accumulate * opt.batch_size
     opt.img_size = (opt.img_size + [opt.img_size[-1]] * 2)[:3]
     if any(s % 32 for s in opt.img_size):
         p.error(f'--img-size {opt.img_size}: every size must be a multiple of 32')
     return opt
 
 
+RESUME_OVERRIDES = ('workers', 'device', 'stop_after')  # the only options a resumed run takes from its new command
+
+
+def resume_options(opt):
+    """The interrupted run's own options (its opt.yaml and hyp.yaml), so it continues the same
+    schedule; only RESUME_OVERRIDES come from the new command line."""
+    import yaml
+    from utils.trainer import resolve_resume
+    ckpt = resolve_resume(opt.resume, opt.project)
+    import models
+    models.load_checkpoint(ckpt)  # a truncated or foreign file fails here, with its name
+    run_dir = Path(ckpt).resolve().parent.parent
+    saved_opt = run_dir / 'opt.yaml'
+    if not saved_opt.is_file():
+        raise FileNotFoundError(f'--resume {ckpt}: {saved_opt} is missing (a resumable run folder holds '
+                                'opt.yaml, hyp.yaml and weights/last.pt)')
+    saved = argparse.Namespace(**{**vars(parse_args([])), **yaml.safe_load(saved_opt.read_text())})
+    for key in RESUME_OVERRIDES:
+        setattr(saved, key, getattr(opt, key))
+    saved.resume = ckpt
+    if (run_dir / 'hyp.yaml').is_file():
+        saved.hyp = str(run_dir / 'hyp.yaml')
+    return saved
+
+
 def main(argv=None):
     opt = parse_args(argv)
-    from utils.trainer import Trainer, resolve_resume, default_data
+    from utils.trainer import Trainer, default_data
     try:
         if opt.resume:
-            opt.resume = resolve_resume(opt.resume, opt.project)
+            opt = resume_options(opt)
         if opt.data == DEFAULT_DATA:
             opt.data = default_data()
         if opt.evolve:

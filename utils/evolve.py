@@ -67,7 +67,8 @@ def write_rows(path, rows):
 
 
 def evolve(opt):
-    from utils.trainer import Trainer, fitness, load_hyp
+    from utils.metrics import fitness
+    from utils.trainer import Trainer, load_hyp
     base = load_hyp(opt.hyp)
     out = Path('runs/evolve') / opt.name
     out.mkdir(parents=True, exist_ok=True)
@@ -86,8 +87,8 @@ def evolve(opt):
         result = Trainer(run_opt).train()
         metrics = {'precision': result['P'], 'recall': result['R'], 'map50': result['mAP@0.5'],
                    'map50_95': result['mAP@0.5:0.95']}
-        row = {'fitness': fitness(metrics), **metrics, **{k: float(v) for k, v in hyp.items()
-                                                          if isinstance(v, (int, float))}}
+        hyp_numbers = {k: float(v) for k, v in hyp.items() if isinstance(v, (int, float))}
+        row = {'fitness': fitness(metrics['map50'], metrics['map50_95']), **metrics, **hyp_numbers}
         rows = sorted(rows + [row], key=lambda r: -r['fitness'])
         write_rows(csv_path, rows)
         best = {k: (rows[0][k] if k in rows[0] else v) for k, v in base.items()}

@@ -22,17 +22,13 @@ from tqdm import tqdm
 import models
 from utils.general import atomic_save, atomic_write_text, increment_path
 from utils.loss import YOLOLoss
+from utils.metrics import fitness
 from utils.parse_config import parse_data_cfg
 from utils.torch_utils import (ModelEMA, de_parallel, init_seeds, rng_states, select_device, set_rng_states,
                                world_info)
 
 RESULT_FIELDS = ['epoch', 'lr', 'box', 'obj', 'cls', 'P', 'R', 'mAP@0.5', 'mAP@0.5:0.95', 'val_box', 'val_obj',
                  'val_cls']
-
-
-def fitness(metrics):
-    """Checkpoint selection: 0.1 x mAP@0.5 + 0.9 x mAP@0.5:0.95."""
-    return 0.1 * metrics['map50'] + 0.9 * metrics['map50_95']
 
 
 def load_hyp(path):
@@ -128,7 +124,7 @@ class Trainer:
             from utils.plots import plot_labels
             plot_labels(np.concatenate(self.train_set.labels, 0), self.names, self.save_dir)
         self.val_loader = None
-        if self.main and not opt.notest:
+        if self.main:  # --notest still evaluates the final epoch
             self.val_loader, _ = create_dataloader(
                 data['valid'], self.img_test, max(1, opt.batch_size), stride=32, hyp=self.hyp, augment=False,
                 rect=True, cache=opt.cache_images, workers=opt.workers, shuffle=False, seed=opt.seed,
@@ -245,7 +241,7 @@ class Trainer:
                        **dict(zip(('val_box', 'val_obj', 'val_cls'), metrics.get('val_losses', [0, 0, 0])))}
                 self.results.append(row)
                 self._write_results()
-                fit = fitness(metrics)
+                fit = fitness(metrics['map50'], metrics['map50_95'])
                 improved = fit > self.best_fitness
                 if improved:
                     self.best_fitness, patience_left = fit, opt.patience
