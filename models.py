@@ -19,7 +19,6 @@ import copy
 import math
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -695,7 +694,8 @@ def main(argv=None):
     p.add_argument('--classes', type=int, default=None)
     p.add_argument('--anchors', default=None, help='comma-separated w,h pairs, small to large')
     opt = parser.parse_args(argv)
-    try:
+    from utils.general import user_errors
+    with user_errors(CfgError):
         if opt.command == 'summary':
             print(model_summary(Darknet(opt.cfg, img_size=opt.img_size), opt.img_size, opt.verbose))
         elif opt.command == 'convert':
@@ -710,8 +710,6 @@ def main(argv=None):
                 anchors = [[int(a) if a.is_integer() else a for a in v[k:k + 2]] for k in range(0, len(v), 2)]
             write_cfg(rewrite_head(parse_cfg(opt.cfg), opt.classes, anchors), opt.out)
             print(f'wrote {opt.out}')
-    except (CfgError, ValueError, FileNotFoundError) as e:
-        sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

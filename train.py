@@ -11,7 +11,6 @@ distillation flags arrive with their issues (they plug into ``Trainer.grad_hooks
 ``Trainer.loss_terms``).
 """
 import argparse
-import sys
 from pathlib import Path
 
 DEFAULT_CFG = 'cfg/yolov3-tiny-shapes.cfg'
@@ -91,8 +90,9 @@ def resume_options(opt):
 
 def main(argv=None):
     opt = parse_args(argv)
+    from utils.general import user_errors
     from utils.trainer import Trainer, default_data
-    try:
+    with user_errors(FloatingPointError):
         if opt.resume:
             opt = resume_options(opt)
         if opt.data == DEFAULT_DATA:
@@ -102,8 +102,6 @@ def main(argv=None):
             evolve(opt)
         else:
             Trainer(opt).train()
-    except (FileNotFoundError, ValueError, FloatingPointError) as e:
-        sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

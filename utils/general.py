@@ -1,5 +1,7 @@
 """Small helpers shared by every script: atomic writes, run folders, file checks."""
+import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,20 +19,12 @@ def _publish(tmp, path):
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` via a temp file in the same folder + rename, so a
     crash never leaves a half-written file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
+    def write(tmp):
+        with open(tmp, 'wb') as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_save(write, path)
 
 
 def atomic_write_text(path, text):
@@ -71,3 +65,13 @@ def check_file(path, what='file'):
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f'{what} not found: {path!r}')
     return str(path)
+
+
+@contextlib.contextmanager
+def user_errors(*extra):
+    """CLI entry points: a user error (missing file, bad value, ...) ends the program with one
+    ``error: ...`` line and exit status 1, not a traceback."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError, *extra) as e:
+        sys.exit(f'error: {e}')
