@@ -1,7 +1,7 @@
 """The built-in `shapes` dataset: coloured geometric objects on cluttered, textured backgrounds.
 
     python3 data/shapes.py [--out data/shapes] [--n-train 1000] [--n-val 200] [--seed 0]
-                           [--min-size 192] [--max-size 416] [--force]
+                           [--min-size 160] [--max-size 320] [--force]
 
 Generated on first use by train.py/test.py (:func:`ensure_shapes`) and never committed.
 Deterministic: every image draws from ``numpy.random.default_rng([seed, split offset + index])``,
@@ -9,7 +9,7 @@ so the same parameters give byte-identical files (JPEG via OpenCV at a fixed qua
 encoder is deterministic for a given OpenCV build).
 
 Content. Five classes (shapes.names): circle, square, triangle, star, ring, rotated freely,
-1-8 per image, circumscribed diameter log-uniform from 9 px to half the shorter image side,
+1-8 per image, circumscribed diameter log-uniform from 16 px to half the shorter image side,
 in random colours with a mild per-pixel texture. Backgrounds are two-colour gradients with
 low-frequency colour texture, pixel noise, random lines and irregular blobs (distractors no
 class resembles). Image sides are multiples of 8 in [min-size, max-size], each side drawn
@@ -45,11 +45,11 @@ if str(ROOT) not in sys.path:  # run as a script: make utils/ importable
     sys.path.append(str(ROOT))
 
 CLASSES = ['circle', 'square', 'triangle', 'star', 'ring']
-VERSION = 2            # bump whenever the generator's output changes: stale datasets regenerate
+VERSION = 3            # bump whenever the generator's output changes: stale datasets regenerate
 MIN_VISIBLE = 0.6      # fraction of an object's own pixels that must stay visible
 MIN_BOX = 6            # shortest side of a visible box, px
 MAX_BOX_IOU = 0.45     # largest IoU between two labelled boxes
-MIN_DIAMETER = 9.0     # smallest circumscribed object diameter, px
+MIN_DIAMETER = 16.0    # smallest circumscribed object diameter, px
 MAX_OBJECTS = 8
 PLACE_TRIES = 12
 JPEG_QUALITY = 90
@@ -300,7 +300,7 @@ def yolo_rows(objects, h, w):
     return rows
 
 
-def make_image(seed, index, min_size=192, max_size=416):
+def make_image(seed, index, min_size=160, max_size=320):
     """Image ``index`` of the stream ``seed``: (img uint8 BGR, label rows, objects)."""
     rng = np.random.default_rng([seed, index])
     lo, hi = -(-min_size // 8), max(max_size // 8, -(-min_size // 8))
@@ -311,7 +311,7 @@ def make_image(seed, index, min_size=192, max_size=416):
 
 # ----------------------------------------------------------------------------- files
 
-def generate(out, n_train=1000, n_val=200, seed=0, min_size=192, max_size=416):
+def generate(out, n_train=1000, n_val=200, seed=0, min_size=160, max_size=320):
     """Write the dataset into ``out`` (created; must not exist yet). No stamp: see ensure_shapes."""
     from tqdm import tqdm
     out = Path(out)
@@ -352,7 +352,7 @@ def _is_complete(root, stamp):
     return ok and (root / 'train.txt').is_file() and (root / 'val.txt').is_file()
 
 
-def ensure_shapes(root=None, n_train=1000, n_val=200, seed=0, min_size=192, max_size=416, force=False):
+def ensure_shapes(root=None, n_train=1000, n_val=200, seed=0, min_size=160, max_size=320, force=False):
     """Generate the dataset unless ``root`` already holds one made by this VERSION with these
     parameters; returns the path of its ``.data`` file.
 
@@ -396,8 +396,8 @@ def main(argv=None):
     p.add_argument('--n-train', type=int, default=1000, help='training images')
     p.add_argument('--n-val', type=int, default=200, help='validation images')
     p.add_argument('--seed', type=int, default=0, help='random seed (same seed -> identical files)')
-    p.add_argument('--min-size', type=int, default=192, help='smallest image side, px')
-    p.add_argument('--max-size', type=int, default=416, help='largest image side, px')
+    p.add_argument('--min-size', type=int, default=160, help='smallest image side, px')
+    p.add_argument('--max-size', type=int, default=320, help='largest image side, px')
     p.add_argument('--force', action='store_true', help='regenerate even if an up-to-date copy exists')
     opt = p.parse_args(argv)
     data = ensure_shapes(opt.out, opt.n_train, opt.n_val, opt.seed, opt.min_size, opt.max_size, force=opt.force)

@@ -154,7 +154,7 @@ def test_size_and_class_coverage():
             classes.add(cls)
     sides = np.array(sides)
     assert classes == set(range(5))
-    assert sides.min() >= shapes.MIN_BOX and (sides < 12).sum() >= 5 and sides.max() >= 80
+    assert sides.min() >= shapes.MIN_BOX and (sides < 16).sum() >= 5 and sides.max() >= 80  # small to large
     assert 1 <= min(counts) and max(counts) <= shapes.MAX_OBJECTS and np.mean(counts) > 3
 
 

@@ -309,7 +309,7 @@ def yolov3_tiny(nc=80, width=1.0, anchors=TINY_ANCHORS, size=416):
 
 
 # Anchors for the built-in shapes dataset at 256 px (k-means on its labels: python3 data/anchors.py)
-SHAPES_ANCHORS = [[11, 11], [19, 19], [30, 30], [46, 46], [70, 70], [112, 112]]
+SHAPES_ANCHORS = [[17, 16], [22, 22], [30, 30], [39, 39], [55, 54], [76, 76]]
 
 
 def yolov3_tiny_shapes(nc=5):
