@@ -24,6 +24,8 @@ def parse_args(argv=None):
     p.add_argument('--iou-thres', type=float, default=0.6, help='NMS IoU threshold')
     p.add_argument('--save-json', action='store_true', help='write COCO-style predictions.json')
     p.add_argument('--task', default='test', choices=['test', 'speed', 'study'])
+    p.add_argument('--study-sizes', type=int, nargs='+', default=None,
+                   help='image sizes of --task study (default: 256, 320, ... up to max(--img-size, 640))')
     p.add_argument('--device', default='', help="'' (auto), cpu, 0")
     p.add_argument('--single-cls', action='store_true')
     p.add_argument('--augment', action='store_true', help='test-time augmentation')
@@ -57,6 +59,15 @@ def load_model(cfg, weights, img_size, device):
     return model.to(device).eval(), names
 
 
+def study_sizes(opt):
+    """Image sizes evaluated by --task study: --study-sizes, else 256..max(img_size, 640) step 64."""
+    sizes = getattr(opt, 'study_sizes', None) or list(range(256, max(opt.img_size, 640) + 1, 64))
+    bad = [s for s in sizes if s < 32 or s % 32]
+    if bad:
+        raise ValueError(f'--study-sizes must be multiples of 32 (>= 32), got {bad}')
+    return sorted(set(sizes))
+
+
 def run(opt):
     from utils.datasets import create_dataloader
     from utils.evaluation import evaluate
@@ -65,6 +76,7 @@ def run(opt):
     from utils.torch_utils import select_device
     from utils.trainer import _read_names, default_data
     device = select_device(opt.device)
+    sizes = [opt.img_size] if opt.task != 'study' else study_sizes(opt)
     if opt.data == 'data/shapes.data':
         opt.data = default_data()
     data = parse_data_cfg(opt.data)
@@ -76,7 +88,6 @@ def run(opt):
     model.fuse()
     save_dir = increment_path(Path(opt.project) / opt.name)
     coco = 'coco' in Path(opt.data).stem.lower() and nc == 80
-    sizes = [opt.img_size] if opt.task != 'study' else list(range(256, max(opt.img_size, 640) + 1, 64))
     results = []
     for size in sizes:
         loader, _ = create_dataloader(data['valid'], size, opt.batch_size, stride=32, hyp=None, augment=False,
@@ -91,8 +102,9 @@ def run(opt):
     if opt.task == 'study':
         lines = ['img_size,map50,map50_95,ms_per_image'] + [
             f"{s},{m['map50']:.5f},{m['map50_95']:.5f},{m['speed_ms']['total']:.2f}" for s, m in results]
-        (save_dir / 'study.csv').write_text('\n'.join(lines) + '\n')
+        from utils.general import atomic_write_text
         from utils.plots import plot_study
+        atomic_write_text(save_dir / 'study.csv', '\n'.join(lines) + '\n')
         plot_study(save_dir / 'study.csv', save_dir / 'study.png')
     print(f'Results saved to {save_dir}')
     return results[-1][1]

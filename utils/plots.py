@@ -265,3 +265,28 @@ def plot_results(results_csv, save_dir=None):
     for ax in axes[len(cols):]:
         ax.set_axis_off()
     return save_figure(fig, Path(save_dir or Path(results_csv).parent) / 'results.png')
+
+
+def plot_study(csv_path, png_path=None):
+    """test.py --task study: study.csv (columns img_size, map50, map50_95, ms_per_image) ->
+    mAP@0.5 and mAP@0.5:0.95 vs image size (left) and ms/image vs image size (right),
+    written to ``png_path`` (default: study.png next to the csv). Returns the path."""
+    header, data = read_results_csv(csv_path)
+    need = ('img_size', 'map50', 'map50_95', 'ms_per_image')
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise ValueError(f'{csv_path}: missing column(s) {", ".join(missing)} (expected {", ".join(need)})')
+    col = {c: data[:, header.index(c)] for c in need}
+    order = np.argsort(col['img_size'], kind='stable')
+    x = col['img_size'][order]
+    fig = _new_figure((10, 4))
+    a0, a1 = fig.subplots(1, 2)
+    a0.plot(x, col['map50'][order], marker='.', linewidth=2, markersize=8, label='mAP@0.5')
+    a0.plot(x, col['map50_95'][order], marker='.', linewidth=2, markersize=8, label='mAP@0.5:0.95')
+    a0.set(xlabel='image size (pixels)', ylabel='mAP', ylim=(0, 1.01), title='mAP vs image size')
+    a0.grid(alpha=0.3)
+    a0.legend(loc='lower right')
+    a1.plot(x, col['ms_per_image'][order], marker='.', linewidth=2, markersize=8, color='tab:red')
+    a1.set(xlabel='image size (pixels)', ylabel='ms / image', ylim=(0, None), title='speed (inference + NMS)')
+    a1.grid(alpha=0.3)
+    return save_figure(fig, Path(png_path) if png_path else Path(csv_path).parent / 'study.png')
