@@ -8,7 +8,6 @@ Annotated images and videos (same fps and size as the input) go to a new run fol
 normalised to the original image.
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ def parse_args(argv=None):
 def run(opt):
     import models
     from test import load_model
+    from tqdm import tqdm
     from utils.datasets import LoadImages, LoadStreams, scale_boxes
     from utils.evaluation import tta_forward
     from utils.general import increment_path
@@ -49,52 +49,59 @@ def run(opt):
     from utils.plots import colors
     from utils.torch_utils import select_device
     from utils.trainer import _read_names
+    src = str(opt.source)
+    is_stream = src.isnumeric() or src.lower().startswith(('rtsp://', 'rtmp://', 'http://', 'https://'))
+    if not is_stream and not any(ch in src for ch in '*?') and not Path(src).exists():
+        raise FileNotFoundError(f'--source {src} does not exist')  # before the (slow) model load
     device = select_device(opt.device)
     model, ckpt_names = load_model(opt.cfg, opt.weights, opt.img_size, device)
     names = _read_names(opt.names, model.nc) if opt.names or not ckpt_names else ckpt_names
     fast = models.optimize_for_inference(model, compile=opt.compile)
-    src = str(opt.source)
-    is_stream = src.isnumeric() or src.lower().startswith(('rtsp://', 'rtmp://', 'http://', 'https://'))
-    if not is_stream and not any(ch in src for ch in '*?') and not Path(src).exists():
-        raise FileNotFoundError(f'--source {src} does not exist')
     dataset = LoadStreams(src, img_size=opt.img_size) if is_stream else LoadImages(src, img_size=opt.img_size)
     save_dir = increment_path(Path(opt.project) / opt.name)
     writers = {}
-    t_start, n = time.time(), 0
-    for path, img, im0s, cap, status in dataset:
-        batch = [(path, img, im0s)] if not is_stream else list(zip(path, img, im0s))
-        for p, im, im0 in batch:
-            x = torch.from_numpy(np.ascontiguousarray(im)).to(device).float().div_(255.0)[None]
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                pred = tta_forward(fast, x) if opt.augment else fast(x.contiguous(memory_format=torch.channels_last))[0]
-                det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, classes=opt.classes,
-                                          agnostic=opt.agnostic_nms)[0].clone()
-                det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2]).round()
-            dt = time.perf_counter() - t0
-            det = det.cpu().clone()
-            counts = ', '.join(f'{int((det[:, 5] == c).sum())} {names[int(c)]}' for c in det[:, 5].unique())
-            print(f'{status}{x.shape[2]}x{x.shape[3]} {counts or "no detections"} ({1e3 * dt:.1f} ms)')
-            annotated = draw_detections(im0.copy(), det, names, colors)
-            stem = Path(p).stem if not is_stream else f'stream{p}'
-            if opt.save_txt:
-                write_txt(save_dir / 'labels' / f'{stem}{_frame_suffix(dataset, cap)}.txt', det, im0.shape)
-            if cap is None and not is_stream:
-                cv2.imwrite(str(save_dir / Path(p).name), annotated)
-            else:
-                out = save_dir / f'{stem}.mp4'
-                if out not in writers:
-                    fps = (cap.get(cv2.CAP_PROP_FPS) if cap is not None else 0) or 30
-                    h, w = annotated.shape[:2]
-                    writers[out] = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*opt.fourcc), fps, (w, h))
-                writers[out].write(annotated)
-            if opt.view_img:
-                cv2.imshow(str(p), annotated)
-                if cv2.waitKey(1) == ord('q'):
-                    raise StopIteration
-            n += 1
-    for w in writers.values():
-        w.release()
+    t_start, n, quit_requested = time.time(), 0, False
+    bar = tqdm(dataset, total=None if is_stream else dataset.frame_count(), unit='frame',
+               bar_format='{l_bar}{bar:10}{r_bar}')
+    try:
+        for path, img, im0s, cap, status in bar:
+            batch = [(path, img, im0s)] if not is_stream else list(zip(path, img, im0s))
+            for p, im, im0 in batch:
+                x = torch.from_numpy(np.ascontiguousarray(im)).to(device).float().div_(255.0)[None]
+                t0 = time.perf_counter()
+                with torch.inference_mode():
+                    x = x.contiguous(memory_format=torch.channels_last)
+                    pred = tta_forward(fast, x) if opt.augment else fast(x)[0]
+                    det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, classes=opt.classes,
+                                              agnostic=opt.agnostic_nms)[0].clone()
+                    det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2]).round()
+                dt = time.perf_counter() - t0
+                det = det.cpu().clone()
+                counts = ', '.join(f'{int((det[:, 5] == c).sum())} {names[int(c)]}' for c in det[:, 5].unique())
+                bar.write(f'{status}{x.shape[2]}x{x.shape[3]} {counts or "no detections"} ({1e3 * dt:.1f} ms)')
+                annotated = draw_detections(im0.copy(), det, names, colors)
+                stem = Path(p).stem if not is_stream else f'stream{p}'
+                if opt.save_txt:
+                    write_txt(save_dir / 'labels' / f'{stem}{_frame_suffix(dataset, cap)}.txt', det, im0.shape)
+                if cap is None and not is_stream:
+                    cv2.imwrite(str(save_dir / Path(p).name), annotated)
+                else:
+                    out = save_dir / f'{stem}.mp4'
+                    if out not in writers:
+                        fps = (cap.get(cv2.CAP_PROP_FPS) if cap is not None else 0) or 30
+                        h, w = annotated.shape[:2]
+                        writers[out] = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*opt.fourcc), fps, (w, h))
+                    writers[out].write(annotated)
+                n += 1
+                if opt.view_img:
+                    cv2.imshow(str(p), annotated)
+                    quit_requested = cv2.waitKey(1) == ord('q')
+            if quit_requested:
+                break
+    finally:  # videos stay playable when a stream is stopped with q or Ctrl-C
+        bar.close()
+        for w in writers.values():
+            w.release()
     print(f'{n} images/frames in {time.time() - t_start:.1f} s. Results saved to {save_dir}')
     return save_dir
 
@@ -133,11 +140,10 @@ def write_txt(path, det, shape):
 
 
 def main(argv=None):
+    from utils.general import user_errors
     opt = parse_args(argv)
-    try:
+    with user_errors():
         run(opt)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

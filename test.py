@@ -8,7 +8,6 @@ Writes metrics.json, PR/F1 curves, confusion matrix and validation batch images 
 runs/test/<name>. ``run(...)`` is the same as a function.
 """
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -111,11 +110,10 @@ def run(opt):
 
 
 def main(argv=None):
+    from utils.general import user_errors
     opt = parse_args(argv)
-    try:
+    with user_errors():
         run(opt)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -682,6 +682,18 @@ class LoadImages:
     def __len__(self):
         return len(self.files)
 
+    def frame_count(self):
+        """Images plus video frames (as the containers report them): a progress bar's total."""
+        total = 0
+        for path in self.files:
+            if Path(path).suffix.lower() in VID_FORMATS:
+                cap = cv2.VideoCapture(path)
+                total += max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+                cap.release()
+            else:
+                total += 1
+        return total
+
     def __iter__(self):
         n = len(self.files)
         for k, path in enumerate(self.files):

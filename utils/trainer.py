@@ -306,7 +306,9 @@ class Trainer:
             self.current_accumulate = max(1, round(np.interp(ni, x, [1, self.accumulate])))
             self.loss_fn.gr = float(np.interp(ni, x, [0.0, 1.0]))
             for j, g in enumerate(self.optimizer.param_groups):
-                start = hyp.get('warmup_bias_lr', 0.1) if j == 2 else 0.0
+                # SGD biases start high and ramp down; Adam's step is ~lr whatever the gradient, so
+                # a 0.1 bias lr would throw every BN beta around: its biases ramp up like the rest
+                start = hyp.get('warmup_bias_lr', 0.1) if j == 2 and not self.opt.adam else 0.0
                 g['lr'] = float(np.interp(ni, x, [start, hyp['lr0'] * factor]))
                 if 'momentum' in g:
                     g['momentum'] = float(np.interp(ni, x, [hyp.get('warmup_momentum', 0.8), hyp['momentum']]))
