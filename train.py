@@ -6,7 +6,7 @@
     torchrun --nproc_per_node 2 train.py ...           # multi-GPU (or multi-process CPU) DDP
 
 Flags follow the 2020 upstream project (``--img-size min max test``, ``--accumulate`` via the
-nominal batch of 64, ``-pt``...). Hooks for sparsity (``-sr --s --prune``), quantization and
+nominal batch ``--nbs``, ``-pt``...). Hooks for sparsity (``-sr --s --prune``), quantization and
 distillation flags arrive with their issues (they plug into ``Trainer.grad_hooks`` and
 ``Trainer.loss_terms``).
 """
@@ -19,14 +19,15 @@ DEFAULT_DATA = 'data/shapes.data'
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--epochs', type=int, default=30)
+    p.add_argument('--epochs', type=int, default=11, help='(the default fits the shapes job in ~10 CPU minutes)')
     p.add_argument('--batch-size', '--batch_size', type=int, default=16, help='total batch over all processes')
-    p.add_argument('--nbs', type=int, default=64, help='nominal batch size: gradients accumulate to it before a step')
+    p.add_argument('--nbs', type=int, default=0, help='nominal batch: gradients accumulate to it before a step '
+                   '(0 = the batch size, no accumulation; upstream used 64)')
     p.add_argument('--accumulate', type=int, default=None,
                    help='upstream spelling: batches per optimizer step (sets --nbs to accumulate x batch-size)')
     p.add_argument('--cfg', default=DEFAULT_CFG, help='model cfg')
     p.add_argument('--data', default=DEFAULT_DATA, help='dataset .data file')
-    p.add_argument('--hyp', default='data/hyp.yaml', help='hyperparameter YAML')
+    p.add_argument('--hyp', default='', help="hyperparameter YAML (default: the .data file's hyp=, else data/hyp.yaml)")
     p.add_argument('--img-size', '--img_size', type=int, nargs='+', default=[256],
                    help='train min, train max, test (missing entries repeat the last)')
     p.add_argument('--multi-scale', action='store_true', help='random train size in [min, max] (on if min != max)')
@@ -43,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument('--project', default='runs/train', help='parent folder of run folders')
     p.add_argument('--name', default='exp', help='run folder name (exp, exp2, ... never overwritten)')
     p.add_argument('--device', default='', help="'' (auto), cpu, 0, 0,1")
-    p.add_argument('--adam', action='store_true', help='Adam instead of SGD')
+    p.add_argument('--adam', action='store_true', help='Adam instead of SGD (same as optimizer: adam in the hyp file)')
     p.add_argument('--ema', action='store_true', help='keep an exponential moving average of the weights')
     p.add_argument('--single-cls', action='store_true', help='train all classes as one')
     p.add_argument('--workers', type=int, default=2, help='data loader worker processes')

@@ -386,7 +386,7 @@ def ensure_shapes(root=None, n_train=1000, n_val=200, seed=0, min_size=160, max_
     if root != here / 'shapes' or not data.is_file():
         atomic_write_text(root.parent / f'{root.name}.names', '\n'.join(CLASSES) + '\n')
         atomic_write_text(data, f'classes={len(CLASSES)}\ntrain={root.name}/train.txt\nvalid={root.name}/val.txt\n'
-                                f'names={root.name}.names\n')
+                                f'names={root.name}.names\nhyp={here / "hyp.shapes.yaml"}\n')
     return data
 
 

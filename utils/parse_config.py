@@ -474,7 +474,7 @@ def parse_data_cfg(path):
         except ValueError:
             raise ValueError(f'{path}: classes = {options["classes"]!r} is not an integer') from None
     base = os.path.dirname(os.path.abspath(path))
-    for key in ('train', 'valid', 'test', 'names'):
+    for key in ('train', 'valid', 'test', 'names', 'hyp'):
         if key in options and not os.path.exists(options[key]):
             alt = os.path.join(base, options[key])
             if os.path.exists(alt):

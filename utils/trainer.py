@@ -57,9 +57,11 @@ def param_groups(model):
     return no_decay, decay, biases
 
 
-def build_optimizer(model, hyp, adam=False):
+def build_optimizer(model, hyp):
+    """SGD (Nesterov) or Adam (hyp ``optimizer``) with three groups: BN weights (no decay), conv
+    weights (decay), biases (no decay)."""
     no_decay, decay, biases = param_groups(model)
-    if adam:
+    if hyp.get('optimizer', 'sgd') == 'adam':
         opt = torch.optim.Adam(no_decay, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999))
     else:
         opt = torch.optim.SGD(no_decay, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True)
@@ -84,7 +86,12 @@ class Trainer:
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo')
         init_seeds(opt.seed + max(self.rank, 0))
+        if not opt.hyp:  # the dataset's own recipe (a `hyp=` line in its .data file), else the v2020 defaults
+            opt.hyp = parse_data_cfg(opt.data).get('hyp', 'data/hyp.yaml')
         self.hyp = load_hyp(opt.hyp)
+        if opt.adam:
+            self.hyp['optimizer'] = 'adam'
+        self.adam = self.hyp.get('optimizer', 'sgd') == 'adam'
         self._setup_run_dir()
         self._setup_data()
         self._setup_model()
@@ -154,7 +161,7 @@ class Trainer:
             for p in model.module_list[i].parameters():
                 p.requires_grad_(False)
         model.to(self.device, memory_format=torch.channels_last)  # oneDNN/cuDNN's fast layout: ~20% faster
-        self.optimizer = build_optimizer(model, self.hyp, opt.adam)
+        self.optimizer = build_optimizer(model, self.hyp)
         self.ema = ModelEMA(model) if opt.ema and self.main else None
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.device.type == 'cuda')
         self.start_epoch, self.best_fitness, self.updates = 0, 0.0, 0
@@ -187,7 +194,7 @@ class Trainer:
         else:
             self.ddp = model
         self.loss_fn = YOLOLoss(model, self.hyp)
-        self.nominal_batch = opt.nbs  # gradients are accumulated to this batch size before a step
+        self.nominal_batch = opt.nbs or opt.batch_size  # gradients are accumulated to this batch before a step
         self.accumulate = max(round(self.nominal_batch / opt.batch_size), 1)
 
     # ------------------------------------------------------------------ loop
@@ -268,7 +275,7 @@ class Trainer:
             for term in self.loss_terms:
                 extra, _ = term(self, imgs, targets, heads)
                 loss = loss + extra
-        # gradients of the mean-per-batch loss, scaled to the nominal batch of 64 (DDP averages ranks)
+        # gradients of the mean-per-batch loss, scaled to the nominal batch (DDP averages ranks)
         loss = loss * self.batch * self.world_size / self.nominal_batch
         if not torch.isfinite(loss):
             self.nan_count = getattr(self, 'nan_count', 0) + 1
@@ -308,7 +315,7 @@ class Trainer:
             for j, g in enumerate(self.optimizer.param_groups):
                 # SGD biases start high and ramp down; Adam's step is ~lr whatever the gradient, so
                 # a 0.1 bias lr would throw every BN beta around: its biases ramp up like the rest
-                start = hyp.get('warmup_bias_lr', 0.1) if j == 2 and not self.opt.adam else 0.0
+                start = hyp.get('warmup_bias_lr', 0.1) if j == 2 and not self.adam else 0.0
                 g['lr'] = float(np.interp(ni, x, [start, hyp['lr0'] * factor]))
                 if 'momentum' in g:
                     g['momentum'] = float(np.interp(ni, x, [hyp.get('warmup_momentum', 0.8), hyp['momentum']]))
