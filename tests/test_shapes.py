@@ -70,7 +70,9 @@ def test_data_file_and_label_rows_valid(small):
             assert (xywh[:, :2] - xywh[:, 2:] / 2 >= -1e-6).all() and (xywh[:, :2] + xywh[:, 2:] / 2 <= 1 + 1e-6).all()
     # the committed descriptor points at the generated layout, relative to data/
     committed = (ROOT / 'data' / 'shapes.data').read_text().split()
-    assert committed == ['classes=5', 'train=shapes/train.txt', 'valid=shapes/val.txt', 'names=shapes.names']
+    assert committed == ['classes=5', 'train=shapes/train.txt', 'valid=shapes/val.txt', 'names=shapes.names',
+                         'hyp=hyp.shapes.yaml']
+    assert (ROOT / 'data' / 'hyp.shapes.yaml').is_file()
     assert (ROOT / 'data' / 'shapes.names').read_text().split() == shapes.CLASSES
 
 

@@ -49,6 +49,9 @@ def test_tiny_training_writes_every_artefact(tmp_path, tiny_data):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
     rows = list(csv.DictReader(open(run / 'results.csv')))
     assert [int(float(r['epoch'])) for r in rows] == [0, 1]
+    # no --hyp: the dataset's own recipe (hyp= in its .data file) is used and recorded
+    assert yaml.safe_load((run / 'opt.yaml').read_text())['hyp'].endswith('hyp.shapes.yaml')
+    assert yaml.safe_load((run / 'hyp.yaml').read_text())['optimizer'] == 'adam'
     ckpt = models.load_checkpoint(run / 'weights' / 'last.pt')
     assert ckpt['optimizer'] is None and ckpt['epoch'] == 1  # stripped at the end
     model, _ = models.model_from_checkpoint(run / 'weights' / 'best.pt')
@@ -68,7 +71,7 @@ def test_overfit_four_images(tmp_path):
     text = Path(data).read_text().replace('four/val.txt', 'four/train.txt')
     Path(data).write_text(text)
     run_train(tmp_path, data, '--epochs', '120', '--batch-size', '4', '--nbs', '4', '--adam', '--notest',
-              '--hyp', hyp_file(tmp_path, lr0=0.005, warmup_epochs=5, **NO_AUG), '--name', 'fit')
+              '--hyp', hyp_file(tmp_path, lr0=0.01, warmup_epochs=5, **NO_AUG), '--name', 'fit')
     metrics = yaml.safe_load((tmp_path / 'runs' / 'fit' / 'metrics.json').read_text())
     assert metrics['map50'] >= 0.9, metrics['map50']
 
@@ -125,9 +128,9 @@ def test_ddp_matches_single_process(tmp_path):
         assert abs(float(rows['single'][key]) - float(rows['ddp'][key])) < 1e-4, key
     a = models.load_checkpoint(tmp_path / 'runs' / 'single' / 'weights' / 'last.pt')['model']
     b = models.load_checkpoint(tmp_path / 'runs' / 'ddp' / 'weights' / 'last.pt')['model']
-    for k in a:  # BN running stats come from rank 0's half batch: var's n/(n-1) differs slightly
+    for k in a:  # BN running stats come from rank 0's half batch: var's n/(n-1) differs (0.2% at 4x4 maps)
         if a[k].dtype.is_floating_point:
-            tol = dict(rtol=1e-3, atol=1e-6) if 'running_' in k else dict(rtol=0, atol=1e-5)
+            tol = dict(rtol=5e-3, atol=1e-6) if 'running_' in k else dict(rtol=0, atol=1e-5)
             assert torch.allclose(a[k], b[k], **tol), k
     assert all(models.load_checkpoint(tmp_path / 'runs' / n / 'weights' / 'last.pt')['updates'] == 1
                for n in ('single', 'ddp'))
