@@ -91,7 +91,7 @@ def run(opt):
     for size in sizes:
         loader, _ = create_dataloader(data['valid'], size, opt.batch_size, stride=32, hyp=None, augment=False,
                                       rect=True, workers=opt.workers, shuffle=False, pad=0.5,
-                                      single_cls=opt.single_cls, nc=nc)
+                                      single_cls=opt.single_cls, nc=int(data['classes']))
         conf = 0.25 if opt.task == 'speed' else opt.conf_thres
         metrics = evaluate(model, loader, names, conf_thres=conf, iou_thres=opt.iou_thres, save_dir=save_dir,
                            plots=opt.task == 'test', verbose=opt.task == 'test', augment=opt.augment,

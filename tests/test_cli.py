@@ -366,3 +366,22 @@ def test_test_py_study(tmp_path, tiny_data, oracle):
     assert not list(out.glob('.*.tmp'))
     with pytest.raises(SystemExit, match='multiples of 32'):
         oracle.main(['--task', 'study', '--study-sizes', '100', '--data', str(tiny_data), '--project', str(tmp_path)])
+
+
+def test_test_py_single_cls_keeps_every_label(tmp_path, tiny_data, oracle):
+    """--single-cls merges classes: labels of class >= 1 are still evaluated (not dropped as out of range)
+    and the mAP is pycocotools' with every class id set to 0."""
+    opt = oracle.parse_args(['--data', str(tiny_data), '--img-size', '160', '--batch-size', '4', '--workers', '0',
+                             '--save-json', '--single-cls', '--project', str(tmp_path), '--name', 'sc',
+                             '--device', 'cpu'])
+    metrics = oracle.run(opt)
+    gt = val_ground_truth(tiny_data)
+    assert {a['category_id'] for a in gt['annotations']} - {0}  # the data has other classes to merge
+    for a in gt['annotations']:
+        a['category_id'] = 0
+    gt['categories'] = [{'id': 0, 'name': 'object'}]
+    rows = json.loads((tmp_path / 'sc' / 'predictions.json').read_text())
+    assert {r['category_id'] for r in rows} == {0}
+    map50, map50_95 = coco_eval(gt, rows)
+    assert metrics['map50'] == pytest.approx(map50, abs=0.002) and map50 > 0.3
+    assert metrics['map50_95'] == pytest.approx(map50_95, abs=0.002)

@@ -118,7 +118,8 @@ class Trainer:
         from utils.datasets import create_dataloader
         opt = self.opt
         data = parse_data_cfg(opt.data)
-        self.nc = 1 if opt.single_cls else int(data['classes'])
+        data_nc = int(data['classes'])  # labels are checked against the dataset's classes, then merged
+        self.nc = 1 if opt.single_cls else data_nc
         self.names = _read_names(data.get('names'), self.nc)
         self.img_min, self.img_max, self.img_test = opt.img_size
         self.multi_scale = opt.multi_scale or self.img_min != self.img_max
@@ -126,7 +127,7 @@ class Trainer:
         self.train_loader, self.train_set = create_dataloader(
             data['train'], self.img_max, self.batch, stride=32, hyp=self.hyp, augment=not opt.rect, rect=opt.rect,
             cache=opt.cache_images, workers=opt.workers, shuffle=not opt.rect, seed=opt.seed,
-            rank=self.rank, world_size=self.world_size, single_cls=opt.single_cls, nc=self.nc)
+            rank=self.rank, world_size=self.world_size, single_cls=opt.single_cls, nc=data_nc)
         if self.main and not opt.evolve:
             from utils.plots import plot_labels
             plot_labels(np.concatenate(self.train_set.labels, 0), self.names, self.save_dir)
@@ -135,7 +136,7 @@ class Trainer:
             self.val_loader, _ = create_dataloader(
                 data['valid'], self.img_test, max(1, opt.batch_size), stride=32, hyp=self.hyp, augment=False,
                 rect=True, cache=opt.cache_images, workers=opt.workers, shuffle=False, seed=opt.seed,
-                single_cls=opt.single_cls, nc=self.nc, pad=0.5)
+                single_cls=opt.single_cls, nc=data_nc, pad=0.5)
 
     def _setup_model(self):
         opt = self.opt
