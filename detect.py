@@ -40,7 +40,6 @@ def parse_args(argv=None):
 
 def run(opt):
     import models
-    from test import load_model
     from tqdm import tqdm
     from utils.datasets import LoadImages, LoadStreams, scale_boxes
     from utils.evaluation import tta_forward
@@ -54,7 +53,7 @@ def run(opt):
     if not is_stream and not any(ch in src for ch in '*?') and not Path(src).exists():
         raise FileNotFoundError(f'--source {src} does not exist')  # before the (slow) model load
     device = select_device(opt.device)
-    model, ckpt_names = load_model(opt.cfg, opt.weights, opt.img_size, device)
+    model, ckpt_names = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
     names = _read_names(opt.names, model.nc) if opt.names or not ckpt_names else ckpt_names
     fast = models.optimize_for_inference(model, compile=opt.compile)
     dataset = LoadStreams(src, img_size=opt.img_size) if is_stream else LoadImages(src, img_size=opt.img_size)
@@ -76,7 +75,7 @@ def run(opt):
                                               agnostic=opt.agnostic_nms)[0].clone()
                     det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2]).round()
                 dt = time.perf_counter() - t0
-                det = det.cpu().clone()
+                det = det.cpu()
                 counts = ', '.join(f'{int((det[:, 5] == c).sum())} {names[int(c)]}' for c in det[:, 5].unique())
                 bar.write(f'{status}{x.shape[2]}x{x.shape[3]} {counts or "no detections"} ({1e3 * dt:.1f} ms)')
                 annotated = draw_detections(im0.copy(), det, names, colors)

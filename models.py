@@ -611,6 +611,28 @@ def model_from_checkpoint(path, img_size=416):
     return model, ckpt
 
 
+def load_model(cfg, weights, img_size=416, device='cpu'):
+    """An eval-mode model for test.py/detect.py: built from ``cfg``, or from the cfg a ``.pt``
+    checkpoint carries when ``cfg`` is empty, with ``weights`` (.pt or Darknet) loaded; the
+    checkpoint is read once. Returns (model, class names stored in the checkpoint or None)."""
+    weights = str(weights or '')
+    if weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f'--weights {weights} not found')
+    ckpt = load_checkpoint(weights) if weights.endswith(('.pt', '.pth')) else None
+    if not cfg and not (ckpt and ckpt.get('cfg')):
+        raise ValueError('--cfg is required with Darknet .weights (or pass a .pt checkpoint that carries its cfg)')
+    model = Darknet(cfg or ckpt['cfg'], img_size=img_size)
+    if ckpt is None and weights:
+        load_darknet_weights(model, weights)
+    elif ckpt is None:
+        print('WARNING: no --weights: evaluating random weights')
+    elif cfg:  # a cfg given next to a checkpoint: load what fits, report what does not
+        load_state_dict_matching(model, ckpt['model'], weights)
+    else:
+        model.load_state_dict(ckpt['model'])
+    return model.to(device).eval(), ckpt.get('names') if ckpt else None
+
+
 def convert(cfg, src, dst):
     """Convert between ``.pt`` and Darknet ``.weights`` for ``cfg``; never overwrites ``src``."""
     if os.path.abspath(src) == os.path.abspath(dst):

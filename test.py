@@ -11,7 +11,6 @@ import argparse
 from pathlib import Path
 
 
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--cfg', default='', help='model cfg (default: the cfg stored in a .pt checkpoint)')
@@ -35,29 +34,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_model(cfg, weights, img_size, device):
-    """Build the model from ``cfg`` (or the checkpoint's own cfg) and load ``weights``.
-    Returns (model in eval mode, class names stored in the checkpoint or None)."""
-    import models
-    if weights and not Path(weights).is_file():
-        raise FileNotFoundError(f'--weights {weights} not found')
-    names = None
-    if weights.endswith('.pt'):
-        ckpt = models.load_checkpoint(weights)
-        names = ckpt.get('names')
-        if not cfg:
-            model, _ = models.model_from_checkpoint(weights, img_size=img_size)
-            return model.to(device).eval(), names
-    if not cfg:
-        raise ValueError('--cfg is required with Darknet .weights (or pass a .pt checkpoint that carries its cfg)')
-    model = models.Darknet(cfg, img_size=img_size)
-    if weights:
-        models.load_weights(model, weights)
-    else:
-        print('WARNING: no --weights: evaluating random weights')
-    return model.to(device).eval(), names
-
-
 def study_sizes(opt):
     """Image sizes evaluated by --task study: --study-sizes, else 256..max(img_size, 640) step 64."""
     sizes = getattr(opt, 'study_sizes', None) or list(range(256, max(opt.img_size, 640) + 1, 64))
@@ -68,6 +44,7 @@ def study_sizes(opt):
 
 
 def run(opt):
+    import models
     from utils.datasets import create_dataloader
     from utils.evaluation import evaluate
     from utils.general import increment_path
@@ -81,7 +58,7 @@ def run(opt):
     data = parse_data_cfg(opt.data)
     nc = 1 if opt.single_cls else int(data['classes'])
     names = _read_names(data.get('names'), nc)
-    model, _ = load_model(opt.cfg, opt.weights, opt.img_size, device)
+    model, _ = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
     if model.nc != nc and not opt.single_cls:
         raise ValueError(f'the model has {model.nc} classes, {opt.data} has {nc}')
     model.fuse()

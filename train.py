@@ -11,7 +11,6 @@ distillation flags arrive with their issues (they plug into ``Trainer.grad_hooks
 ``Trainer.loss_terms``).
 """
 import argparse
-from pathlib import Path
 
 DEFAULT_CFG = 'cfg/yolov3-tiny-shapes.cfg'
 DEFAULT_DATA = 'data/shapes.data'
@@ -64,38 +63,13 @@ def parse_args(argv=None):
     return opt
 
 
-RESUME_OVERRIDES = ('workers', 'device', 'stop_after')  # the only options a resumed run takes from its new command
-
-
-def resume_options(opt):
-    """The interrupted run's own options (its opt.yaml and hyp.yaml), so it continues the same
-    schedule; only RESUME_OVERRIDES come from the new command line."""
-    import yaml
-    from utils.trainer import resolve_resume
-    ckpt = resolve_resume(opt.resume, opt.project)
-    import models
-    models.load_checkpoint(ckpt)  # a truncated or foreign file fails here, with its name
-    run_dir = Path(ckpt).resolve().parent.parent
-    saved_opt = run_dir / 'opt.yaml'
-    if not saved_opt.is_file():
-        raise FileNotFoundError(f'--resume {ckpt}: {saved_opt} is missing (a resumable run folder holds '
-                                'opt.yaml, hyp.yaml and weights/last.pt)')
-    saved = argparse.Namespace(**{**vars(parse_args([])), **yaml.safe_load(saved_opt.read_text())})
-    for key in RESUME_OVERRIDES:
-        setattr(saved, key, getattr(opt, key))
-    saved.resume = ckpt
-    if (run_dir / 'hyp.yaml').is_file():
-        saved.hyp = str(run_dir / 'hyp.yaml')
-    return saved
-
-
 def main(argv=None):
     opt = parse_args(argv)
     from utils.general import user_errors
-    from utils.trainer import Trainer, default_data
+    from utils.trainer import Trainer, default_data, resume_options
     with user_errors(FloatingPointError):
         if opt.resume:
-            opt = resume_options(opt)
+            opt = resume_options(opt, defaults=parse_args([]))
         if opt.data == DEFAULT_DATA:
             opt.data = default_data()
         if opt.evolve:

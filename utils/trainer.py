@@ -442,6 +442,29 @@ def resolve_resume(resume, project='runs/train'):
     return str(candidates[-1])
 
 
+RESUME_OVERRIDES = ('workers', 'device', 'stop_after')  # the only options a resumed run takes from its new command
+
+
+def resume_options(opt, defaults):
+    """The interrupted run's own options (its opt.yaml over ``defaults``, its hyp.yaml), so it
+    continues the same schedule; only RESUME_OVERRIDES come from ``opt``, the new command line.
+    The checkpoint itself is read (and a truncated one reported) by the Trainer."""
+    import argparse
+    ckpt = resolve_resume(opt.resume, opt.project)
+    run_dir = Path(ckpt).resolve().parent.parent
+    saved_opt = run_dir / 'opt.yaml'
+    if not saved_opt.is_file():
+        raise FileNotFoundError(f'--resume {ckpt}: {saved_opt} is missing (a resumable run folder holds '
+                                'opt.yaml, hyp.yaml and weights/last.pt)')
+    saved = argparse.Namespace(**{**vars(defaults), **yaml.safe_load(saved_opt.read_text())})
+    for key in RESUME_OVERRIDES:
+        setattr(saved, key, getattr(opt, key))
+    saved.resume = ckpt
+    if (run_dir / 'hyp.yaml').is_file():
+        saved.hyp = str(run_dir / 'hyp.yaml')
+    return saved
+
+
 def default_data():
     """The built-in shapes dataset, generated on first use."""
     import importlib.util
