@@ -89,19 +89,54 @@ def test_assignment_picks_expected_anchors_and_cells():
     assert a1.tolist() == [0, 1] and gx1.tolist() == [1, 1] and gy1.tolist() == [3, 3]
 
 
-@pytest.mark.parametrize('extra', ['', 'scale_x_y=2.0\nnew_coords=1'])
-def test_perfect_predictions_give_near_zero_box_loss(extra):
+def test_ratio_matching_and_neighbour_cells_by_hand():
+    m = model('scale_x_y=2.0')
+    heads = m(torch.zeros(1, 3, 64, 64))
+    loss = YOLOLoss(m, dict(HYP, match='ratio', anchor_t=4.0, neighbours=1))
+    # 12x6 px at (9, 31): head 0 (stride 4) sees wh (3, 1.5) cells: side ratios vs anchor 0 (1x1) are
+    # (3, 1.5) < 4 and vs anchor 1 (3x1.5) 1 -> both anchors. Centre (2.25, 7.75) lies in cell (2, 7),
+    # nearer its left and bottom edges -> x neighbour (1, 7) and y neighbour (2, 8).
+    # Head 1 (stride 8): wh (1.5, 0.75) vs 3x3 is a ratio of 4 (not < 4), vs 5x5 6.7 -> none.
+    targets = torch.tensor([[0, 2, 9 / 64, 31 / 64, 12 / 64, 6 / 64]])
+    (b0, a0, gy0, gx0, tbox0, tcls0, anch0), (b1, *_) = loss.build_targets(heads, targets, (64, 64))
+    assert len(b1) == 0
+    got = sorted(zip(a0.tolist(), gx0.tolist(), gy0.tolist(), tbox0[:, 0].tolist(), tbox0[:, 1].tolist()))
+    want = sorted((a, gx, gy, 2.25 - gx, 7.75 - gy) for a in (0, 1) for gx, gy in ((2, 7), (1, 7), (2, 8)))
+    assert len(got) == 6 and all(g[:3] == w[:3] and abs(g[3] - w[3]) < 1e-5 and abs(g[4] - w[4]) < 1e-5
+                                 for g, w in zip(got, want))
+    assert torch.all((tbox0[:, :2] > -0.5) & (tbox0[:, :2] < 1.5))  # reachable by 2 sigmoid - 0.5
+    # at the grid's corner the outside neighbours are dropped: only the centre cell (0, 0) remains
+    targets = torch.tensor([[0, 0, 1 / 64, 1 / 64, 4 / 64, 4 / 64]])
+    (b0, a0, gy0, gx0, *_), _ = loss.build_targets(heads, targets, (64, 64))
+    assert sorted(a0.tolist()) == [0, 1] and gx0.tolist() == [0, 0] and gy0.tolist() == [0, 0]
+    # v2020 iou rule on the same model: the 12x6 box takes both anchors of head 0, centre cell only
+    (b0, a0, gy0, gx0, *_), _ = YOLOLoss(m, HYP).build_targets(heads, targets.new_tensor(
+        [[0, 2, 9 / 64, 31 / 64, 12 / 64, 6 / 64]]), (64, 64))
+    assert sorted(a0.tolist()) == [0, 1] and gx0.tolist() == [2, 2] and gy0.tolist() == [7, 7]
+
+
+def test_neighbours_need_heads_that_reach_them():
+    with pytest.raises(ValueError, match='scale_x_y=2'):
+        YOLOLoss(model(), dict(HYP, neighbours=1))
+    with pytest.raises(ValueError, match='match'):
+        YOLOLoss(model(), dict(HYP, match='centre'))
+
+
+@pytest.mark.parametrize('extra,hyp', [('', {}), ('scale_x_y=2.0\nnew_coords=1', {}),
+                                       ('scale_x_y=2.0', {'match': 'ratio', 'neighbours': 1})])
+def test_perfect_predictions_give_near_zero_box_loss(extra, hyp):
     m = model(extra).train()
     targets = torch.tensor([[0, 1, 10 / 64, 30 / 64, 12 / 64, 6 / 64], [1, 0, 40 / 64, 20 / 64, 30 / 64, 28 / 64]])
     heads = [torch.zeros_like(h) for h in m(torch.zeros(2, 3, 64, 64))]
-    loss = YOLOLoss(m, HYP)
+    loss = YOLOLoss(m, dict(HYP, **hyp))
     for layer, h, (b, a, gy, gx, tbox, tcls, anchors) in zip(loss.heads, heads,
                                                              loss.build_targets(heads, targets, (64, 64))):
         if layer.new_coords:  # invert xy = 2t - 0.5, wh = 4 t^2 anchor
             h[b, a, gy, gx, 0:2] = (tbox[:, :2] + 0.5) / 2
             h[b, a, gy, gx, 2:4] = (tbox[:, 2:4] / anchors / 4).sqrt()
-        else:
-            h[b, a, gy, gx, 0:2] = torch.logit(tbox[:, :2])
+        else:  # invert xy = s sigmoid(t) - (s - 1) / 2
+            s = layer.scale_x_y
+            h[b, a, gy, gx, 0:2] = torch.logit((tbox[:, :2] + 0.5 * (s - 1)) / s)
             h[b, a, gy, gx, 2:4] = (tbox[:, 2:4] / anchors).log()
     _, (lbox, lobj, lcls, total) = loss(heads, targets, (64, 64))
     assert lbox < 1e-5 and total > lbox

@@ -19,8 +19,8 @@ from utils.general import atomic_write_text
 # key: (mutation gain, low, high)
 SPACE = {
     'lr0': (1, 1e-5, 1e-1), 'lrf': (1, 0.01, 1.0), 'momentum': (0.3, 0.6, 0.98), 'weight_decay': (1, 0.0, 0.001),
-    'warmup_epochs': (1, 0.0, 5.0), 'giou': (1, 0.02, 10.0), 'cls': (1, 0.2, 100.0), 'obj': (1, 0.2, 100.0),
-    'iou_t': (0, 0.1, 0.7), 'hsv_h': (1, 0.0, 0.1), 'hsv_s': (1, 0.0, 0.9), 'hsv_v': (1, 0.0, 0.9),
+    'warmup_epochs': (1, 0.0, 5.0), 'giou': (1, 0.02, 10.0), 'cls': (1, 0.2, 1000.0), 'obj': (1, 0.2, 300.0),
+    'iou_t': (0, 0.1, 0.7), 'anchor_t': (1, 2.0, 8.0), 'hsv_h': (1, 0.0, 0.1), 'hsv_s': (1, 0.0, 0.9), 'hsv_v': (1, 0.0, 0.9),
     'degrees': (1, 0.0, 45.0), 'translate': (1, 0.0, 0.9), 'scale': (1, 0.0, 0.9), 'shear': (1, 0.0, 10.0),
     'fliplr': (0, 0.0, 1.0), 'mosaic': (1, 0.0, 1.0),
 }

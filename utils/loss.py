@@ -1,10 +1,15 @@
 """YOLO training loss: GIoU box loss, objectness BCE with GIoU-scaled targets, class BCE.
 
-Target assignment (``build_targets``), the v2020 rule: for every head, every target is
-paired with every anchor of that head whose width-height IoU with the target (boxes
-aligned at a common centre) exceeds ``hyp['iou_t']`` (0.2). A target may therefore use
-several anchors of one head and several heads. The responsible cell is the one holding the
-box centre; neighbour cells are not used. Vectorised: no Python loop over targets.
+Target assignment (``build_targets``). Anchors: by default the v2020 rule: for every head,
+every target is paired with every anchor of that head whose width-height IoU with the target
+(boxes aligned at a common centre) exceeds ``hyp['iou_t']`` (0.2). With ``hyp['match'] ==
+'ratio'`` (the YOLOv5 rule) an anchor is used when neither side of target/anchor differs by
+more than a factor ``hyp['anchor_t']`` (4). A target may therefore use several anchors of one
+head and several heads. Cells: the one holding the box centre; with ``hyp['neighbours']`` also
+the two adjacent cells (one in x, one in y) nearest to the centre, which triples the positive
+samples and speeds up learning. A neighbour cell sees the centre at an offset in (-0.5, 0) or
+(1, 1.5) cell units, which only heads with ``scale_x_y >= 2`` (xy = 2 sigmoid - 0.5) can
+predict, so neighbours are refused for other heads. Vectorised: no Python loop over targets.
 
 Decoding of the matched predictions is the model's own (``YOLOLayer.box_xywh``), so
 ``scale_x_y`` and ``new_coords`` heads train with exactly the boxes they predict.
@@ -57,6 +62,18 @@ class YOLOLoss:
         gamma = hyp.get('fl_gamma', 0.0)
         self.focal = FocalLoss(gamma) if gamma > 0 else None
         self.cls_pw, self.obj_pw = hyp.get('cls_pw', 1.0), hyp.get('obj_pw', 1.0)
+        self.match, self.anchor_t = hyp.get('match', 'iou'), hyp.get('anchor_t', 4.0)
+        if self.match not in ('iou', 'ratio'):
+            raise ValueError(f"hyp match: {self.match!r}; use 'iou' (v2020: wh-IoU > iou_t) or 'ratio' (YOLOv5: "
+                             f"side ratio < anchor_t)")
+        self.neighbours = bool(hyp.get('neighbours', 0))
+        if self.neighbours:
+            for i, layer in zip(model.yolo_layers, self.heads):
+                if layer.scale_x_y < 2 or layer.new_coords:
+                    raise ValueError(f'hyp neighbours: 1 needs every [yolo] layer to reach 0.5 cell beyond its '
+                                     f'cell (scale_x_y=2, new_coords=0), but layer {i} has scale_x_y='
+                                     f'{layer.scale_x_y:g}, new_coords={int(layer.new_coords)}; set scale_x_y=2 in '
+                                     f'the cfg or neighbours: 0 in the hyp file')
 
     def build_targets(self, heads, targets, img_hw):
         """Per head: (image idx [n], anchor idx [n], gy [n], gx [n], target box [n,4] as
@@ -68,13 +85,36 @@ class YOLOLoss:
             anchors = layer.anchors.to(targets) / targets.new_tensor([img_hw[1] / nx, img_hw[0] / ny])
             xy = targets[:, 2:4] * grid_wh  # [nt,2] grid units
             wh = targets[:, 4:6] * grid_wh
-            a, t = (wh_iou(anchors, wh) > self.hyp['iou_t']).nonzero(as_tuple=True)  # pairs (anchor, target)
+            if self.match == 'ratio':
+                ratio = wh[None] / anchors[:, None]  # [na, nt, 2]
+                use = torch.max(ratio, 1 / ratio).amax(2) < self.anchor_t
+            else:
+                use = wh_iou(anchors, wh) > self.hyp['iou_t']
+            a, t = use.nonzero(as_tuple=True)  # pairs (anchor, target)
+            cell = torch.minimum(xy[t].floor(), grid_wh - 1).clamp_(min=0)
+            if self.neighbours:
+                cell, pair = self._with_neighbours(xy[t], cell, grid_wh)
+                a, t = a[pair], t[pair]
             xy, wh = xy[t], wh[t]
-            gx = xy[:, 0].long().clamp_(0, nx - 1)
-            gy = xy[:, 1].long().clamp_(0, ny - 1)
+            gx = cell[:, 0].long().clamp_(0, nx - 1)
+            gy = cell[:, 1].long().clamp_(0, ny - 1)
             tbox = torch.cat((xy - torch.stack((gx, gy), 1), wh), 1)
             out.append((targets[t, 0].long(), a, gy, gx, tbox, targets[t, 1].long(), anchors[a]))
         return out
+
+    @staticmethod
+    def _with_neighbours(xy, cell, grid_wh):
+        """Centre cells [n,2] of n (anchor, target) pairs -> (cells [m,2], pair index [m]): every
+        centre cell, plus per pair the adjacent cell in x and the one in y on the side of the
+        centre's nearer cell edge, where that cell is inside the grid (m <= 3n)."""
+        n = len(cell)
+        step = torch.where(xy - cell < 0.5, -1.0, 1.0)  # [n,2] towards the nearer edge
+        inside = ((cell + step) >= 0) & ((cell + step) < grid_wh)  # [n,2]
+        x_side = cell + F.pad(step[:, :1], (0, 1))
+        y_side = cell + F.pad(step[:, 1:], (1, 0))
+        keep = torch.cat((torch.ones_like(inside[:, 0]), inside[:, 0], inside[:, 1]))
+        pair = torch.arange(n, device=cell.device).repeat(3)
+        return torch.cat((cell, x_side, y_side))[keep], pair[keep]
 
     def __call__(self, heads, targets, img_hw):
         device = heads[0].device
