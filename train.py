@@ -19,7 +19,8 @@ DEFAULT_DATA = 'data/shapes.data'
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--epochs', type=int, default=11, help='(the default fits the shapes job in ~10 CPU minutes)')
-    p.add_argument('--batch-size', '--batch_size', type=int, default=16, help='total batch over all processes')
+    p.add_argument('--batch-size', '--batch_size', type=int, default=8,
+                   help='total batch over all processes (8: best shapes mAP per CPU minute; GPUs: 16-64)')
     p.add_argument('--nbs', type=int, default=0, help='nominal batch: gradients accumulate to it before a step '
                    '(0 = the batch size, no accumulation; upstream used 64)')
     p.add_argument('--accumulate', type=int, default=None,
@@ -36,7 +37,9 @@ def parse_args(argv=None):
     p.add_argument('--nosave', action='store_true', help='only save the final checkpoint')
     p.add_argument('--notest', action='store_true', help='only evaluate after the final epoch')
     p.add_argument('--evolve', type=int, default=0, metavar='N', help='evolve hyperparameters for N generations')
-    p.add_argument('--cache-images', action='store_true', help='cache decoded images in RAM')
+    p.add_argument('--cache-images', nargs='?', const='ram', default='auto', choices=['ram', 'auto', 'off'],
+                   help='keep decoded images in RAM: ram (flag alone), auto (default: only datasets that need '
+                        '< 1 GiB and < 10%% of free RAM), off')
     p.add_argument('--weights', default='', help='initial weights (.pt or Darknet); "" = random init')
     p.add_argument('-pt', '--pretrain', action='store_true',
                    help='Darknet weights for another class count: skip the detection-head convs')

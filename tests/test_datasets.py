@@ -199,6 +199,11 @@ def test_box_filter_drops_cut_off_thin_and_needle_boxes():
     _, _, keep = random_affine(img, boxes[1:2], np.random.default_rng(0), border=(-50, -50),
                                full_boxes=np.array([[-140., 40, 100, 100]]))
     assert keep.tolist() == [False]
+    # min_visible (hyp key) raises the visible share a label needs: 69 % passes 0.6, fails 0.75
+    for min_visible, kept in ((0.6, True), (0.75, False)):
+        _, _, keep = random_affine(img, boxes[1:2], np.random.default_rng(0), border=(-50, -50),
+                                   min_visible=min_visible)
+        assert keep.tolist() == [kept]
 
 
 def test_mixup_keeps_both_label_sets(tmp_path):
@@ -221,6 +226,16 @@ def test_ram_image_cache_gives_the_same_items(tmp_path, capsys):
     for i in range(len(plain)):
         a, b = plain[i], cached[i]
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_auto_image_cache_only_for_small_datasets(tmp_path, monkeypatch):
+    import utils.datasets as datasets
+    listfile = make_dataset(tmp_path, SPECS)
+    small = LoadImagesAndLabels(str(listfile), img_size=128, cache_images='auto')
+    assert all(i is not None for i in small.imgs)
+    monkeypatch.setattr(datasets, 'AUTO_CACHE_BYTES', 1000)  # 4 images of up to 128x128x3 do not fit
+    assert all(i is None for i in LoadImagesAndLabels(str(listfile), img_size=128, cache_images='auto').imgs)
+    assert all(i is None for i in LoadImagesAndLabels(str(listfile), img_size=128, cache_images='off').imgs)
 
 
 def test_close_mosaic_and_hyp_validation(tmp_path):

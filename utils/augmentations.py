@@ -9,7 +9,7 @@ same augmentation on every run and in every worker.
 Box filter after a geometric transform (``box_candidates``): a box is kept when
   * its clipped width and height are both > ``wh_thr`` (2 px): thinner boxes carry no
     learnable extent;
-  * its clipped area is > ``area_thr`` (20 %) of the area the whole object would cover
+  * its clipped area is > ``area_thr`` (hyp ``min_visible``, default 20 %) of the area the whole object would cover
     under the same transform, i.e. at least a fifth of the object is still visible (an
     object cut off by the mosaic split or the crop is dropped, not kept as a sliver);
   * its aspect ratio max(w/h, h/w) is < ``ar_thr`` (20): needles left by a crop along an
@@ -27,9 +27,9 @@ PAD_COLOR = (114, 114, 114)
 AUG_DEFAULTS = {
     'hsv_h': 0.0138, 'hsv_s': 0.678, 'hsv_v': 0.36,
     'degrees': 0.0, 'translate': 0.0, 'scale': 0.0, 'shear': 0.0, 'perspective': 0.0,
-    'flipud': 0.0, 'fliplr': 0.5, 'mosaic': 1.0, 'mixup': 0.0,
+    'flipud': 0.0, 'fliplr': 0.5, 'mosaic': 1.0, 'mixup': 0.0, 'min_visible': 0.2,
 }
-_PROBABILITIES = ('flipud', 'fliplr', 'mosaic', 'mixup')
+_PROBABILITIES = ('flipud', 'fliplr', 'mosaic', 'mixup', 'min_visible')  # and fractions: all in [0, 1]
 
 
 def aug_params(hyp):
@@ -189,13 +189,14 @@ def box_candidates(full_boxes, boxes, wh_thr=2.0, area_thr=0.2, ar_thr=20.0):
 
 
 def random_affine(img, boxes, rng, degrees=0.0, translate=0.0, scale=0.0, shear=0.0, perspective=0.0,
-                  border=(0, 0), full_boxes=None):
+                  border=(0, 0), full_boxes=None, min_visible=0.2):
     """Randomly rotate/scale/shear/translate (and perspective-warp) an image and its boxes.
 
     img: HxWx3 uint8; boxes: [n,4] xyxy pixels; border (by, bx): the output is (H + 2 by,
     W + 2 bx) - a negative border crops, as after a 2s mosaic. full_boxes: the objects' whole
     boxes when ``boxes`` are already clipped (mosaic), for the visible-area rule; defaults to
-    ``boxes``. Returns (img, boxes [n,4] clipped to the output, keep [n] bool)."""
+    ``boxes``. min_visible: ``box_candidates``' area_thr. Returns (img, boxes [n,4] clipped to
+    the output, keep [n] bool)."""
     h, w = img.shape[0] + 2 * border[0], img.shape[1] + 2 * border[1]
     M, _ = affine_matrix(rng, img.shape[:2], (h, w), degrees, translate, scale, shear, perspective)
     if (h, w) != img.shape[:2] or not np.allclose(M, np.eye(3)):  # skip the no-op warp (eval-like hyps)
@@ -208,7 +209,7 @@ def random_affine(img, boxes, rng, degrees=0.0, translate=0.0, scale=0.0, shear=
     quads = warp_corners(boxes, M, bool(perspective))
     full = hull_boxes(quads if full_boxes is None else warp_corners(full_boxes, M, bool(perspective)))
     new = clip_quads(quads, w, h)
-    return img, new, box_candidates(full, new)
+    return img, new, box_candidates(full, new, area_thr=min_visible)
 
 
 # ----------------------------------------------------------------------------- colour, mixing

@@ -448,14 +448,19 @@ class LoadImagesAndLabels(Dataset):
             self.labels = [self.labels[i] for i in order]
             self.shapes = self.shapes[order]
         self.imgs = [None] * n
-        if cache_images:
-            self._cache_images(prefix)
+        if cache_images not in (False, None, 'off'):
+            self._cache_images(prefix, auto=cache_images == 'auto')
 
-    def _cache_images(self, prefix):
-        """Keep every resized image in RAM (skipped with a warning if it would not fit)."""
+    def _cache_images(self, prefix, auto=False):
+        """Keep every resized image in RAM (skipped with a warning if it would not fit). ``auto``:
+        only when the cache is small (<= AUTO_CACHE_BYTES and 10% of the free RAM), silently
+        otherwise. Decoding is ~half of a mosaic's loader time, and the loader shares the CPU
+        with training."""
         r = self.img_size / self.shapes.max(1)
         need = float((np.round(self.shapes * r[:, None]).prod(1) * 3).sum())
         avail = _available_ram()
+        if auto and (need > AUTO_CACHE_BYTES or (avail is not None and need > 0.1 * avail)):
+            return
         if avail is not None and need > 0.8 * avail:
             warnings.warn(f'{prefix}image cache needs {need / 1e9:.1f} GB but {avail / 1e9:.1f} GB are free; '
                           f'not caching')
@@ -527,7 +532,8 @@ class LoadImagesAndLabels(Dataset):
         if self.augment:
             hyp = self.hyp
             img, boxes, keep = random_affine(img, boxes, rng, hyp['degrees'], hyp['translate'], hyp['scale'],
-                                             hyp['shear'], hyp['perspective'])
+                                             hyp['shear'], hyp['perspective'],
+                                             min_visible=hyp['min_visible'])
             labels, boxes = labels[keep], boxes[keep]
         return img, np.concatenate((labels[:, :1], boxes), 1), shapes
 
@@ -551,7 +557,7 @@ class LoadImagesAndLabels(Dataset):
         hyp = self.hyp
         img, boxes, keep = random_affine(canvas, visible, rng, hyp['degrees'], hyp['translate'], hyp['scale'],
                                          hyp['shear'], hyp['perspective'], border=(-(s // 2), -(s // 2)),
-                                         full_boxes=full)
+                                         full_boxes=full, min_visible=hyp['min_visible'])
         return img, np.concatenate((cls, boxes), 1)[keep]
 
     @staticmethod
@@ -561,6 +567,9 @@ class LoadImagesAndLabels(Dataset):
         for i, lab in enumerate(labels):
             lab[:, 0] = i
         return torch.stack(imgs, 0), torch.cat(labels, 0), paths, shapes
+
+
+AUTO_CACHE_BYTES = 2 ** 30  # --cache-images auto: cache datasets whose resized images fit in 1 GiB
 
 
 def _available_ram():
