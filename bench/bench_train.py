@@ -3,8 +3,9 @@
     python3 bench/bench_train.py [--cfg cfg/yolov3-tiny.cfg] [--sizes 320 416] [--batch-size 8]
                                  [--workers 2] [--steps 12] [--data data/shapes.data] [--device cpu]
 
-For each image size, one process builds the real ``Trainer`` (train.py's engine: mosaic
-loader with ``--workers`` workers, YOLOLoss, optimizer, accumulation) and times
+For each image size, one process builds the real ``Trainer`` (train.py's engine with its
+defaults: mosaic loader with ``--workers`` workers, ``--cache-images auto`` (small datasets
+such as shapes are decoded once into RAM), YOLOLoss, optimizer, accumulation) and times
 
 1. full: ``--steps`` iterations of the training loop as train.py runs it: next batch from the
    loader, uint8 -> float, channels_last, ``Trainer._step`` (forward, loss, backward, step);
