@@ -17,7 +17,8 @@ CFG = ROOT / 'cfg'
 REF = ROOT.parent / 'shared' / 'darknet-cfg'
 STANDARD = ['yolov3', 'yolov3-spp', 'yolov3-tiny', 'yolov4', 'yolov4-tiny']
 MOBILENET = ['yolov3-mobilenet', 'yolov3tiny-mobilenet-small']
-ALL = STANDARD + MOBILENET
+SHAPES = ['yolov3-tiny-shapes', 'yolov4-tiny-shapes']  # half-width tiny models for data/shapes
+ALL = STANDARD + MOBILENET + SHAPES
 
 # ../shared/darknet-cfg/SOURCES.md: conv weights + biases (no-BN convs) + BN gamma + BN beta.
 REFERENCE_PARAMS = {'yolov3': 61_949_149, 'yolov3-spp': 62_998_749, 'yolov3-tiny': 8_852_366,
@@ -63,6 +64,24 @@ def test_committed_cfg_is_what_the_generator_writes(name, built):
     parsed = parse_cfg(str(path))
     assert parsed == built[name]
     assert parse_cfg_text(cfg_to_text(parsed)) == parsed
+
+
+@pytest.mark.parametrize('small, full', [('yolov3-tiny-shapes', 'yolov3-tiny'), ('yolov4-tiny-shapes', 'yolov4-tiny')])
+def test_shapes_models_are_their_standard_model_at_half_width(small, full, built):
+    small, full = built[small], cfg_zoo.build(full)
+    assert [d['type'] for d in small] == [d['type'] for d in full]
+    assert small[0]['width'] == small[0]['height'] == 256
+    for a, b in zip(small[1:], full[1:]):
+        if a['type'] == 'convolutional':
+            head = a['activation'] == 'linear'  # the prediction conv: 3 anchors x (5 + 5 classes)
+            assert a['filters'] == (30 if head else b['filters'] // 2)
+            assert (a['size'], a['stride'], a['groups']) == (b['size'], b['stride'], b['groups'])
+        elif a['type'] == 'yolo':
+            assert a['classes'] == 5 and a['anchors'] == cfg_zoo.SHAPES_ANCHORS and a['scale_x_y'] == 1.0
+        else:
+            assert a == b
+    masks = [d['mask'] for d in small if d['type'] == 'yolo']
+    assert sorted(sum(masks, [])) == list(range(6))  # every shapes anchor is used once
 
 
 def test_cli_writes_and_checks(tmp_path):
