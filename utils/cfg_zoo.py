@@ -62,7 +62,7 @@ from utils.parse_config import cfg_to_text, layer_output_shapes, validate_cfg  #
 __all__ = ['conv', 'route', 'shortcut', 'maxpool', 'upsample', 'avgpool', 'scale_channels', 'yolo', 'yolo_head',
            'net', 'residual_stage', 'csp_stage', 'csp_tiny_block', 'spp', 'conv_set', 'darknet53', 'cspdarknet53',
            'yolov3_head', 'make_divisible', 'squeeze_excite', 'bneck', 'mobilenetv3', 'MOBILENETV3_LARGE',
-           'MOBILENETV3_SMALL', 'yolov3', 'yolov3_tiny', 'yolov3_tiny_shapes', 'yolov4', 'yolov4_tiny', 'yolov4_tiny_shapes', 'yolov3_mobilenet',
+           'MOBILENETV3_SMALL', 'width_scaler', 'yolov3', 'yolov3_tiny', 'yolov3_tiny_shapes', 'yolov4', 'yolov4_tiny', 'yolov4_tiny_shapes', 'yolov3_mobilenet',
            'yolov3tiny_mobilenet_small', 'MODELS', 'build', 'cfg_text', 'write_zoo', 'stale_files']
 
 COCO_ANCHORS = [[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119], [116, 90], [156, 198], [373, 326]]
@@ -295,10 +295,16 @@ def yolov3(nc=80, spp=False):
     return [net(608 if spp else 416, 608 if spp else 416)] + head
 
 
+def width_scaler(width):
+    """filters -> filters x ``width``, rounded to a multiple of 8 (at least 8): the tiny models'
+    width multiplier."""
+    return lambda filters: max(8, int(round(filters * width / 8)) * 8)
+
+
 def yolov3_tiny(nc=80, width=1.0, anchors=TINY_ANCHORS, size=416):
     """YOLOv3-tiny: six 3x3 conv + maxpool steps, 2 heads (stride 32, 16). ``width`` scales
     every conv's filters (rounded to multiples of 8), for small datasets and CPUs."""
-    w = (lambda f: max(8, int(round(f * width / 8)) * 8))
+    w = width_scaler(width)
     sections = []
     for filters in (16, 32, 64, 128, 256):
         sections += [conv(w(filters), 3), maxpool(2, 2)]
@@ -343,7 +349,7 @@ def yolov4_tiny(nc=80, width=1.0, anchors=TINY_ANCHORS, size=416, masks=((3, 4, 
     ``width`` scales every conv's filters as in :func:`yolov3_tiny`; ``masks`` are the
     (stride-32, stride-16) anchor masks (Darknet's cfg leaves anchor 0 unused); ``head`` the
     [yolo] training keys."""
-    w = (lambda f: max(8, int(round(f * width / 8)) * 8))
+    w = width_scaler(width)
     s = [conv(w(32), 3, 2), conv(w(64), 3, 2)]
     for filters in (64, 128, 256):
         tap16 = len(s) + 5  # the block's 1x1 conv (the last block's is at stride 16)
@@ -351,9 +357,8 @@ def yolov4_tiny(nc=80, width=1.0, anchors=TINY_ANCHORS, size=416, masks=((3, 4, 
     s += [conv(w(512), 3), conv(w(256), 1), conv(w(512), 3)] + yolo_head(masks[0], anchors, nc, **head)
     s += [route(-4), conv(w(128), 1), upsample(2), route(-1, tap16), conv(w(256), 3)]
     s += yolo_head(masks[1], anchors, nc, **head)
-    extra = {} if width == 1.0 else {'subdivisions': 2}
-    return [net(size, size, **{'subdivisions': 1, 'learning_rate': '0.00261', 'max_batches': '2000200',
-                               'steps': '1600000,1800000', **extra})] + s
+    return [net(size, size, subdivisions=1, learning_rate='0.00261', max_batches='2000200',
+                steps='1600000,1800000')] + s
 
 
 def yolov4_tiny_shapes(nc=5):

@@ -96,8 +96,7 @@ class YOLOLoss:
                 cell, pair = self._with_neighbours(xy[t], cell, grid_wh)
                 a, t = a[pair], t[pair]
             xy, wh = xy[t], wh[t]
-            gx = cell[:, 0].long().clamp_(0, nx - 1)
-            gy = cell[:, 1].long().clamp_(0, ny - 1)
+            gx, gy = cell[:, 0].long(), cell[:, 1].long()  # inside the grid: clamped above
             tbox = torch.cat((xy - torch.stack((gx, gy), 1), wh), 1)
             out.append((targets[t, 0].long(), a, gy, gx, tbox, targets[t, 1].long(), anchors[a]))
         return out
