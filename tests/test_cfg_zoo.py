@@ -18,7 +18,8 @@ REF = ROOT.parent / 'shared' / 'darknet-cfg'
 STANDARD = ['yolov3', 'yolov3-spp', 'yolov3-tiny', 'yolov4', 'yolov4-tiny']
 MOBILENET = ['yolov3-mobilenet', 'yolov3tiny-mobilenet-small']
 SHAPES = ['yolov3-tiny-shapes', 'yolov4-tiny-shapes']  # half-width tiny models for data/shapes
-ALL = STANDARD + MOBILENET + SHAPES
+MINI = ['yolov3-mini', 'yolov3-mini-shapes']
+ALL = STANDARD + MOBILENET + SHAPES + MINI
 
 # ../shared/darknet-cfg/SOURCES.md: conv weights + biases (no-BN convs) + BN gamma + BN beta.
 REFERENCE_PARAMS = {'yolov3': 61_949_149, 'yolov3-spp': 62_998_749, 'yolov3-tiny': 8_852_366,
@@ -64,6 +65,34 @@ def test_committed_cfg_is_what_the_generator_writes(name, built):
     parsed = parse_cfg(str(path))
     assert parsed == built[name]
     assert parse_cfg_text(cfg_to_text(parsed)) == parsed
+
+
+def test_yolov3_mini_layout(built):
+    """Stem conv at stride 2 (nothing at full resolution), residual stages of 1, 2, 2, 1 blocks,
+    heads at strides 32, 16, 8 fed by the stage outputs; the shapes variant differs only in
+    input size, classes and anchors."""
+    from models import Darknet
+    sections = built['yolov3-mini-shapes']
+    defs = sections[1:]
+    assert defs[0]['type'] == 'convolutional' and defs[0]['stride'] == 2 and defs[0]['filters'] == 16
+    assert sum(d['type'] == 'shortcut' for d in defs) == 1 + 2 + 2 + 1
+    assert sum(d['type'] == 'convolutional' and d['stride'] == 2 for d in defs) == 5
+    model = Darknet(sections, img_size=256)
+    assert model.head_strides(256, 256).tolist() == [32, 16, 8]
+    with torch.no_grad():
+        outs = model.eval()(torch.zeros(1, 3, 256, 256))[1]
+    assert [tuple(o.shape[1:4]) for o in outs] == [(3, 8, 8), (3, 16, 16), (3, 32, 32)]
+    yolos = [d for d in defs if d['type'] == 'yolo']
+    assert [d['mask'] for d in yolos] == [[6, 7, 8], [3, 4, 5], [0, 1, 2]]
+    assert all(d['anchors'] == cfg_zoo.SHAPES_ANCHORS9 and d['classes'] == 5 for d in yolos)
+    generic = built['yolov3-mini']
+    assert [d['type'] for d in generic] == [d['type'] for d in sections]
+    assert generic[0]['width'] == 416 and generic[-1]['classes'] == 80
+
+
+def test_darknet_mini_rejects_mismatched_blocks():
+    with pytest.raises(ValueError, match='one block count per stage'):
+        cfg_zoo.darknet_mini(widths=(16, 32, 64), blocks=(1, 2, 2))
 
 
 @pytest.mark.parametrize('small, full', [('yolov3-tiny-shapes', 'yolov3-tiny'), ('yolov4-tiny-shapes', 'yolov4-tiny')])

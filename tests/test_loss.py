@@ -166,3 +166,19 @@ def test_no_targets_only_objectness():
     heads = m(torch.rand(1, 3, 64, 64))
     _, (lbox, lobj, lcls, total) = YOLOLoss(m, HYP)(heads, torch.zeros(0, 6), (64, 64))
     assert lbox == 0 and lcls == 0 and lobj > 0 and math.isclose(total.item(), lobj.item())
+
+
+def test_obj_iou_sets_the_objectness_target_of_positives():
+    """obj_iou 0: every positive's objectness target is 1, so confident positives and confident
+    negatives cost ~nothing even with poor boxes; obj_iou 1 (v2020): the target is the box's
+    GIoU, so the same confident-but-misplaced positives are penalised, obj_iou 0.5 in between."""
+    m = model().train()
+    targets = torch.tensor([[0, 1, 10 / 64, 30 / 64, 12 / 64, 6 / 64], [1, 0, 40 / 64, 20 / 64, 30 / 64, 28 / 64]])
+    heads = [torch.zeros_like(h) for h in m(torch.zeros(2, 3, 64, 64))]
+    probe = YOLOLoss(m, HYP)
+    for h, (b, a, gy, gx, *_) in zip(heads, probe.build_targets(heads, targets, (64, 64))):
+        h[..., 4] = -30.0
+        h[b, a, gy, gx, 4] = 30.0  # boxes left at t = 0: centred in the cell, anchor-sized
+    lobj = {g: YOLOLoss(m, dict(HYP, obj_iou=g))(heads, targets, (64, 64))[1][1].item() for g in (0.0, 0.5, 1.0)}
+    assert lobj[0.0] < 1e-6
+    assert 0.01 < lobj[0.5] < lobj[1.0]

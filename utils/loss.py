@@ -47,7 +47,8 @@ class YOLOLoss:
     [B, A, H, W, 5+nc] tensors, targets [n, 6] = (image index, class, cx, cy, w, h) with
     coordinates normalised to the input image, img_hw the input (height, width).
     Returns the weighted sum (scalar) and detached (box, obj, cls, total) for logging.
-    ``gr`` (0..1) blends the objectness target from 1 to the detached GIoU (burn-in).
+    ``gr`` (0..1) blends the objectness target of positives from 1 to their detached GIoU:
+    hyp ``obj_iou`` (v2020: 1), which the trainer ramps up from 0 during burn-in.
     """
 
     def __init__(self, model, hyp):
@@ -56,7 +57,7 @@ class YOLOLoss:
         self.heads = [model.module_list[i] for i in model.yolo_layers]
         self.nc = model.nc
         self.hyp = hyp
-        self.gr = 1.0
+        self.gr = hyp.get('obj_iou', 1.0)
         self.cls_gain = hyp['cls'] * self.nc / 80  # class loss shrinks with the class count (v2020)
         self.balance = hyp.get('balance')  # optional per-stride objectness weights, e.g. {8: 4, 16: 1, 32: 0.4}
         gamma = hyp.get('fl_gamma', 0.0)
