@@ -12,7 +12,7 @@ distillation flags arrive with their issues (they plug into ``Trainer.grad_hooks
 """
 import argparse
 
-DEFAULT_CFG = 'cfg/yolov3-tiny-shapes.cfg'
+DEFAULT_CFG = 'cfg/yolov3-mini-shapes.cfg'
 DEFAULT_DATA = 'data/shapes.data'
 
 

@@ -182,3 +182,21 @@ def test_obj_iou_sets_the_objectness_target_of_positives():
     lobj = {g: YOLOLoss(m, dict(HYP, obj_iou=g))(heads, targets, (64, 64))[1][1].item() for g in (0.0, 0.5, 1.0)}
     assert lobj[0.0] < 1e-6
     assert 0.01 < lobj[0.5] < lobj[1.0]
+
+
+def test_a_cell_shared_by_two_objects_targets_the_better_box():
+    """Two objects on the same stride-8 cell and anchors: the objectness target there is the
+    higher of their GIoUs, so the loss does not depend on the order of the labels (a plain
+    indexed write keeps whichever object comes last)."""
+    torch.manual_seed(0)
+    m = model().train()
+    heads = [torch.randn_like(h) * 0.5 for h in m(torch.zeros(1, 3, 64, 64))]
+    good, poor = [0, 1, 20 / 64, 20 / 64, 24 / 64, 24 / 64], [0, 2, 21 / 64, 19 / 64, 30 / 64, 16 / 64]
+    loss = YOLOLoss(m, HYP)
+    (b, a, gy, gx, *_), = loss.build_targets(heads, torch.tensor([good, poor]), (64, 64))[1:]
+    assert len(b) == 4 and len(set(zip(a.tolist(), gy.tolist(), gx.tolist()))) == 2  # 2 anchors x 2 objects
+    first = loss(heads, torch.tensor([good, poor]), (64, 64))[1]
+    second = loss(heads, torch.tensor([poor, good]), (64, 64))[1]
+    assert torch.equal(first, second)
+    alone = [loss(heads, torch.tensor([t]), (64, 64))[1][1] for t in (good, poor)]
+    assert first[1] <= max(alone) + 1e-6  # objectness loss: the better target wins, not a blend

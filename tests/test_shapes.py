@@ -1,6 +1,7 @@
 """data/shapes.py: determinism, tight labels from an independent re-render of the scene,
 the occlusion rule, label validity and atomic (re)generation."""
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -156,7 +157,8 @@ def test_size_and_class_coverage():
             classes.add(cls)
     sides = np.array(sides)
     assert classes == set(range(5))
-    assert sides.min() >= shapes.MIN_BOX and (sides < 16).sum() >= 5 and sides.max() >= 80  # small to large
+    small = (sides < shapes.MIN_DIAMETER).sum()  # cut or occluded below the smallest drawn size
+    assert sides.min() >= shapes.MIN_BOX and small >= 5 and sides.max() >= 80  # small to large
     assert 1 <= min(counts) and max(counts) <= shapes.MAX_OBJECTS and np.mean(counts) > 3
 
 
@@ -176,8 +178,9 @@ def test_regenerates_only_on_change_and_atomically(tmp_path, monkeypatch):
     monkeypatch.setattr(shapes, 'generate', interrupted)
     with pytest.raises(KeyboardInterrupt):
         shapes.ensure_shapes(root, n_train=2, n_val=1, seed=2, min_size=64, max_size=96)
-    assert (root / 'stamp.json').read_text() == f'{{"version": {shapes.VERSION}, "n_train": 2, "n_val": 1, ' \
-                                                 f'"seed": 1, "min_size": 64, "max_size": 96}}'  # old set intact
+    assert json.loads((root / 'stamp.json').read_text()) == {  # the old set is intact
+        'version': shapes.VERSION, 'n_train': 2, 'n_val': 1, 'seed': 1, 'min_size': 64, 'max_size': 96,
+        'max_objects': shapes.MAX_OBJECTS, 'min_diameter': shapes.MIN_DIAMETER}
     assert sorted(p.name for p in tmp_path.iterdir()) == ['shapes', 'shapes.data', 'shapes.names']  # no temp left
 
     stale = tmp_path / '.shapes.tmp-999999999-abc'  # a killed run's temp (no such pid)
@@ -193,3 +196,18 @@ def test_bad_parameters_are_rejected(tmp_path):
         shapes.ensure_shapes(tmp_path / 's', min_size=300, max_size=200)
     with pytest.raises(ValueError, match='n_train'):
         shapes.ensure_shapes(tmp_path / 's', n_train=-1)
+    with pytest.raises(ValueError, match='min_diameter'):
+        shapes.ensure_shapes(tmp_path / 's', min_size=64, max_size=96, min_diameter=40)
+    with pytest.raises(ValueError, match='max_objects'):
+        shapes.ensure_shapes(tmp_path / 's', max_objects=0)
+
+
+def test_difficulty_knobs_bound_count_and_size():
+    """--max-objects and --min-diameter reach the renderer: counts and diameters stay in bounds,
+    and the defaults reproduce the default stream exactly."""
+    for index in range(20):
+        _, rows, objects = shapes.make_image(7, index, 160, 256, max_objects=2, min_diameter=40)
+        assert 1 <= len(objects) <= 2 and all(2 * o['r'] >= 40 for o in objects)
+        default = shapes.make_image(7, index, 160, 256)
+        same = shapes.make_image(7, index, 160, 256, shapes.MAX_OBJECTS, shapes.MIN_DIAMETER)
+        assert np.array_equal(default[0], same[0]) and default[1] == same[1]

@@ -1,6 +1,7 @@
 """train.py end to end on a tiny generated dataset: artefacts, overfitting, exact resume,
 DDP equivalence, clear errors."""
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -112,9 +113,12 @@ def test_ddp_matches_single_process(tmp_path):
     lst = data.parent / 'same' / 'train.txt'
     lst.write_text(lst.read_text() * 4)
     hyp = hyp_file(tmp_path, warmup_epochs=0, **NO_AUG)
+    torch.manual_seed(0)
+    start = models.Darknet(str(ROOT / 'cfg' / 'yolov3-tiny-shapes.cfg'), img_size=128)
+    models.save_checkpoint(tmp_path / 'start.pt', start)  # both runs start here: updates are comparable
     common = ['--data', str(data), '--cfg', 'cfg/yolov3-tiny-shapes.cfg', '--img-size', '128', '--workers', '0',
               '--epochs', '1', '--batch-size', '4', '--nbs', '4', '--hyp', hyp, '--notest', '--rect',
-              '--project', str(tmp_path / 'runs')]
+              '--weights', str(tmp_path / 'start.pt'), '--project', str(tmp_path / 'runs')]
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     single = subprocess.run([sys.executable, 'train.py', *common, '--name', 'single'], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
@@ -125,12 +129,18 @@ def test_ddp_matches_single_process(tmp_path):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     rows = {n: next(csv.DictReader(open(tmp_path / 'runs' / n / 'results.csv'))) for n in ('single', 'ddp')}
     for key in ('box', 'obj', 'cls'):
-        assert abs(float(rows['single'][key]) - float(rows['ddp'][key])) < 1e-4, key
+        # results.csv keeps 6 significant digits: 1e-4 absolute, or 1e-5 relative for losses above 10
+        assert math.isclose(float(rows['single'][key]), float(rows['ddp'][key]), rel_tol=1e-5, abs_tol=1e-4), \
+            (key, rows['single'][key], rows['ddp'][key])
     a = models.load_checkpoint(tmp_path / 'runs' / 'single' / 'weights' / 'last.pt')['model']
     b = models.load_checkpoint(tmp_path / 'runs' / 'ddp' / 'weights' / 'last.pt')['model']
+    w0 = start.state_dict()
     for k in a:  # BN running stats come from rank 0's half batch: var's n/(n-1) differs (0.2% at 4x4 maps)
-        if a[k].dtype.is_floating_point:
-            tol = dict(rtol=5e-3, atol=1e-6) if 'running_' in k else dict(rtol=0, atol=1e-5)
-            assert torch.allclose(a[k], b[k], **tol), k
+        if 'running_' in k:
+            assert torch.allclose(a[k], b[k], rtol=5e-3, atol=1e-6), k
+        elif a[k].dtype.is_floating_point:  # the same update, up to float noise (BN backward amplifies it)
+            step_a, step_b = a[k] - w0[k], b[k] - w0[k]
+            assert (step_a - step_b).abs().max() <= 1e-2 * step_a.abs().max() + 1e-7, \
+                (k, (step_a - step_b).abs().max().item(), step_a.abs().max().item())
     assert all(models.load_checkpoint(tmp_path / 'runs' / n / 'weights' / 'last.pt')['updates'] == 1
                for n in ('single', 'ddp'))

@@ -65,8 +65,8 @@ __all__ = ['conv', 'route', 'shortcut', 'maxpool', 'upsample', 'avgpool', 'scale
            'net', 'residual_stage', 'csp_stage', 'csp_tiny_block', 'spp', 'conv_set', 'darknet53', 'cspdarknet53',
            'yolov3_head', 'make_divisible', 'squeeze_excite', 'bneck', 'mobilenetv3', 'MOBILENETV3_LARGE',
            'MOBILENETV3_SMALL', 'width_scaler', 'yolov3', 'yolov3_tiny', 'yolov3_tiny_shapes', 'yolov4', 'yolov4_tiny',
-           'yolov4_tiny_shapes', 'darknet_mini', 'yolov3_mini', 'yolov3_mini_shapes', 'SHAPES_ANCHORS', 'SHAPES_ANCHORS9', 'yolov3_mobilenet',
-           'yolov3tiny_mobilenet_small', 'MODELS', 'build', 'cfg_text', 'write_zoo', 'stale_files']
+           'yolov4_tiny_shapes', 'darknet_mini', 'yolov3_mini', 'yolov3_mini_shapes', 'SHAPES_ANCHORS',
+           'SHAPES_ANCHORS9', 'yolov3_mobilenet', 'yolov3tiny_mobilenet_small', 'MODELS', 'build', 'cfg_text', 'write_zoo', 'stale_files']
 
 COCO_ANCHORS = [[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119], [116, 90], [156, 198], [373, 326]]
 TINY_ANCHORS = [[10, 14], [23, 27], [37, 58], [81, 82], [135, 169], [344, 319]]
@@ -320,17 +320,18 @@ def yolov3_tiny(nc=80, width=1.0, anchors=TINY_ANCHORS, size=416):
 
 
 # Anchors for the built-in shapes dataset at 256 px (k-means on its labels: python3 data/anchors.py)
-SHAPES_ANCHORS = [[17, 16], [22, 22], [30, 30], [39, 39], [55, 54], [76, 76]]
+SHAPES_ANCHORS = [[23, 23], [29, 29], [37, 37], [48, 47], [61, 62], [83, 82]]
 
 
 def yolov3_tiny_shapes(nc=5):
     """yolov3-tiny at half width for the built-in shapes dataset (train.py's default before
-    yolov3-mini-shapes; 0.764 mAP@0.5 in the 11-epoch CPU job)."""
+    yolov3-mini-shapes; 0.764 mAP@0.5 in the 11-epoch CPU job on shapes version 3)."""
     return yolov3_tiny(nc, width=0.5, anchors=SHAPES_ANCHORS, size=256)
 
 
-# 9 anchors for the built-in shapes dataset at 256 px (python3 data/anchors.py --data data/shapes.data -n 9)
-SHAPES_ANCHORS9 = [[15, 15], [18, 19], [23, 23], [29, 28], [34, 35], [44, 43], [53, 54], [68, 66], [89, 92]]
+# 9 anchors for the built-in shapes dataset at 256 px (python3 data/anchors.py --data data/shapes.data -n 9
+# --img-size 256)
+SHAPES_ANCHORS9 = [[22, 21], [26, 27], [31, 31], [36, 37], [44, 43], [51, 53], [64, 62], [74, 77], [93, 93]]
 
 
 def darknet_mini(widths=(16, 32, 64, 128, 256), blocks=(1, 2, 2, 1)):
@@ -408,8 +409,8 @@ def yolov4_tiny(nc=80, width=1.0, anchors=TINY_ANCHORS, size=416, masks=((3, 4, 
 
 def yolov4_tiny_shapes(nc=5):
     """YOLOv4-tiny at half width for the built-in shapes dataset (1.48M parameters, 0.65 GFLOPs
-    at 256): 0.025 mAP@0.5 above yolov3-tiny-shapes in the 11-epoch CPU job, 5% slower. Heads
-    as yolov3-tiny-shapes' (scale_x_y=1), all 6 anchors used."""
+    at 256): 0.025 mAP@0.5 above yolov3-tiny-shapes in the 11-epoch CPU job on shapes version 3,
+    5% slower. Heads as yolov3-tiny-shapes' (scale_x_y=1), all 6 anchors used."""
     return yolov4_tiny(nc, width=0.5, anchors=SHAPES_ANCHORS, size=256, masks=((3, 4, 5), (0, 1, 2)), head=V3_YOLO)
 
 

@@ -132,7 +132,11 @@ class YOLOLoss:
                 giou_loss = generalized_box_iou_loss(box_convert(torch.cat((pxy, pwh), 1), 'cxcywh', 'xyxy'),
                                                      box_convert(tbox, 'cxcywh', 'xyxy'), reduction='none')
                 lbox = lbox + giou_loss.mean()
-                tobj[b, a, gy, gx] = (1.0 - self.gr) + self.gr * (1.0 - giou_loss).detach().clamp(0).to(tobj.dtype)
+                score = ((1.0 - self.gr) + self.gr * (1.0 - giou_loss).detach().clamp(0)).to(tobj.dtype)
+                # a cell assigned to several objects targets the best-fitting one: plain indexing would
+                # keep whichever write lands last, which differs between runs (and DDP vs one process)
+                cell = ((b * tobj.shape[1] + a) * tobj.shape[2] + gy) * tobj.shape[3] + gx
+                tobj.view(-1).scatter_reduce_(0, cell, score, reduce='amax')
                 if self.nc > 1:
                     tc = torch.zeros_like(ps[:, 5:])
                     tc[torch.arange(len(b), device=device), tcls] = 1.0
