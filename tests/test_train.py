@@ -35,8 +35,8 @@ def hyp_file(tmp_path, **over):
     return str(path)
 
 
-def run_train(tmp_path, data, *args):
-    argv = ['--data', str(data), '--cfg', 'cfg/yolov3-tiny-shapes.cfg', '--img-size', '128', '--workers', '0',
+def run_train(tmp_path, data, *args, cfg='cfg/yolov3-tiny-shapes.cfg'):
+    argv = ['--data', str(data), '--cfg', cfg, '--img-size', '128', '--workers', '0',
             '--project', str(tmp_path / 'runs'), *map(str, args)]
     train.main(argv)
 
@@ -72,7 +72,8 @@ def test_overfit_four_images(tmp_path):
     text = Path(data).read_text().replace('four/val.txt', 'four/train.txt')
     Path(data).write_text(text)
     run_train(tmp_path, data, '--epochs', '120', '--batch-size', '4', '--nbs', '4', '--adam', '--notest',
-              '--hyp', hyp_file(tmp_path, lr0=0.01, warmup_epochs=5, **NO_AUG), '--name', 'fit')
+              '--hyp', hyp_file(tmp_path, lr0=0.01, warmup_epochs=5, **NO_AUG), '--name', 'fit',
+              cfg='cfg/yolov3-mini-shapes.cfg')  # the default model
     metrics = yaml.safe_load((tmp_path / 'runs' / 'fit' / 'metrics.json').read_text())
     assert metrics['map50'] >= 0.9, metrics['map50']
 
