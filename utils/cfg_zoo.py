@@ -66,7 +66,8 @@ __all__ = ['conv', 'route', 'shortcut', 'maxpool', 'upsample', 'avgpool', 'scale
            'yolov3_head', 'make_divisible', 'squeeze_excite', 'bneck', 'mobilenetv3', 'MOBILENETV3_LARGE',
            'MOBILENETV3_SMALL', 'width_scaler', 'yolov3', 'yolov3_tiny', 'yolov3_tiny_shapes', 'yolov4', 'yolov4_tiny',
            'yolov4_tiny_shapes', 'darknet_mini', 'yolov3_mini', 'yolov3_mini_shapes', 'SHAPES_ANCHORS',
-           'SHAPES_ANCHORS9', 'yolov3_mobilenet', 'yolov3tiny_mobilenet_small', 'MODELS', 'build', 'cfg_text', 'write_zoo', 'stale_files']
+           'SHAPES_ANCHORS9', 'yolov3_mobilenet', 'yolov3tiny_mobilenet_small', 'MODELS', 'build', 'cfg_text',
+           'write_zoo', 'stale_files']
 
 COCO_ANCHORS = [[10, 13], [16, 30], [33, 23], [30, 61], [62, 45], [59, 119], [116, 90], [156, 198], [373, 326]]
 TINY_ANCHORS = [[10, 14], [23, 27], [37, 58], [81, 82], [135, 169], [344, 319]]

@@ -47,8 +47,9 @@ class YOLOLoss:
     [B, A, H, W, 5+nc] tensors, targets [n, 6] = (image index, class, cx, cy, w, h) with
     coordinates normalised to the input image, img_hw the input (height, width).
     Returns the weighted sum (scalar) and detached (box, obj, cls, total) for logging.
-    ``gr`` (0..1) blends the objectness target of positives from 1 to their detached GIoU:
-    hyp ``obj_iou`` (v2020: 1), which the trainer ramps up from 0 during burn-in.
+    ``gr`` (0..1) blends the objectness target of positives from 1 to their detached GIoU;
+    it is ``obj_iou`` (hyp, v2020: 1) once training runs, and the trainer ramps it up from 0
+    during burn-in.
     """
 
     def __init__(self, model, hyp):
@@ -57,7 +58,7 @@ class YOLOLoss:
         self.heads = [model.module_list[i] for i in model.yolo_layers]
         self.nc = model.nc
         self.hyp = hyp
-        self.gr = hyp.get('obj_iou', 1.0)
+        self.obj_iou = self.gr = hyp.get('obj_iou', 1.0)
         self.cls_gain = hyp['cls'] * self.nc / 80  # class loss shrinks with the class count (v2020)
         self.balance = hyp.get('balance')  # optional per-stride objectness weights, e.g. {8: 4, 16: 1, 32: 0.4}
         gamma = hyp.get('fl_gamma', 0.0)
@@ -125,7 +126,7 @@ class YOLOLoss:
         for layer, p, (b, a, gy, gx, tbox, tcls, anchors) in zip(self.heads, heads,
                                                                  self.build_targets(heads, targets, img_hw)):
             p = p.float()
-            tobj = torch.zeros_like(p[..., 4])
+            tobj = torch.zeros(p.shape[:4], dtype=p.dtype, device=device)  # contiguous: viewed flat below
             if len(b):
                 ps = p[b, a, gy, gx]  # [n, 5+nc] raw predictions at the assigned cells
                 pxy, pwh = layer.box_xywh(ps[:, :2], ps[:, 2:4], anchors)

@@ -312,7 +312,7 @@ class Trainer:
         if ni < n_burn:  # burn-in: lr ramps up (biases ramp down from warmup_bias_lr), momentum ramps up
             x = [0, n_burn]
             self.current_accumulate = max(1, round(np.interp(ni, x, [1, self.accumulate])))
-            self.loss_fn.gr = float(np.interp(ni, x, [0.0, hyp.get('obj_iou', 1.0)]))  # IoU-aware objectness
+            self.loss_fn.gr = float(np.interp(ni, x, [0.0, self.loss_fn.obj_iou]))  # IoU-aware objectness
             for j, g in enumerate(self.optimizer.param_groups):
                 # SGD biases start high and ramp down; Adam's step is ~lr whatever the gradient, so
                 # a 0.1 bias lr would throw every BN beta around: its biases ramp up like the rest
@@ -321,7 +321,7 @@ class Trainer:
                 if 'momentum' in g:
                     g['momentum'] = float(np.interp(ni, x, [hyp.get('warmup_momentum', 0.8), hyp['momentum']]))
         else:
-            self.loss_fn.gr = hyp.get('obj_iou', 1.0)
+            self.loss_fn.gr = self.loss_fn.obj_iou
             for g in self.optimizer.param_groups:
                 g['lr'] = hyp['lr0'] * factor
 
