@@ -206,6 +206,43 @@ def test_box_filter_drops_cut_off_thin_and_needle_boxes():
         assert keep.tolist() == [kept]
 
 
+def test_boxes_cut_off_the_mosaic_canvas_give_no_label():
+    """A tile object lying wholly outside the 2s canvas reaches random_affine clipped to a point
+    (or a line) on the canvas border: it has no visible part and must not come back as a
+    full-image box (a zero-area quad 'contains' every image corner by the same-side test)."""
+    import utils.augmentations as A
+    img = np.full((200, 200, 3), BG, np.uint8)
+    collapsed = np.array([[0., 0, 0, 0],        # point at the canvas corner
+                          [0, 30, 0, 90],       # line on the left edge
+                          [40, 40, 100, 100]])  # a real box: kept
+    quads = A.warp_corners(collapsed, np.eye(3))
+    clipped = A.clip_quads(quads, 100, 100)
+    assert np.prod(clipped[:2, 2:] - clipped[:2, :2], 1).tolist() == [0, 0]  # zero area, not [0, 0, 100, 100]
+    for degrees in (0.0, 10.0):  # the whole-pixel crop fast path and the warpAffine path
+        out, new, keep = random_affine(img, collapsed, np.random.default_rng(0), degrees=degrees,
+                                       border=(-50, -50))
+        assert keep.tolist() == [False, False, True], (degrees, new)
+
+
+def test_whole_pixel_crop_fast_path_matches_warp_affine(monkeypatch):
+    """With no rotation/scale/shear/perspective the mosaic's affine is a crop: random_affine
+    slices instead of warping, with identical pixels, boxes and keep mask."""
+    import utils.augmentations as A
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (240, 300, 3), dtype=np.uint8)
+    xy = rng.uniform(-40, 280, (40, 2))
+    boxes = np.concatenate((xy, xy + rng.uniform(2, 90, (40, 2))), 1).clip(0, [300, 240, 300, 240])
+    runs = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(A, '_crop_offset', lambda *a: None)
+        runs.append(random_affine(img, boxes, np.random.default_rng(5), border=(-60, -75), translate=0.0))
+    (img_f, new_f, keep_f), (img_s, new_s, keep_s) = runs
+    assert img_f.shape == (120, 150, 3) and np.array_equal(img_f, img_s)
+    assert np.array_equal(keep_f, keep_s) and 0 < keep_f.sum() < len(boxes)
+    np.testing.assert_allclose(new_f[keep_f], new_s[keep_s], atol=1e-9)
+
+
 def test_mixup_keeps_both_label_sets(tmp_path):
     listfile = make_dataset(tmp_path, SPECS)
     hyp = {**NO_AUG, 'mosaic': 1.0}
