@@ -10,6 +10,7 @@ import csv
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,9 @@ RESULT_FIELDS = ['epoch', 'lr', 'box', 'obj', 'cls', 'P', 'R', 'mAP@0.5', 'mAP@0
                  'val_cls']
 
 
+HYP_REFERENCE = Path(__file__).resolve().parents[1] / 'data' / 'hyp.yaml'  # documents every key the code reads
+
+
 def load_hyp(path):
     with open(path) as f:
         hyp = yaml.safe_load(f)
@@ -39,6 +43,11 @@ def load_hyp(path):
     missing = [k for k in ('lr0', 'momentum', 'weight_decay', 'giou', 'obj', 'cls', 'iou_t') if k not in hyp]
     if missing:
         raise ValueError(f'{path}: missing hyperparameters {missing}')
+    if HYP_REFERENCE.is_file() and Path(path).resolve() != HYP_REFERENCE:
+        unknown = sorted(set(hyp) - set(yaml.safe_load(HYP_REFERENCE.read_text())))
+        if unknown:  # a misspelt key would otherwise silently leave its default in force
+            warnings.warn(f'{path}: unknown hyperparameters {unknown} are ignored (misspelt? {HYP_REFERENCE.name} '
+                          'lists every key the code reads)')
     return hyp
 
 
