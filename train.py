@@ -18,7 +18,7 @@ DEFAULT_DATA = 'data/shapes.data'
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--epochs', type=int, default=11, help='(the default fits the shapes job in ~10 CPU minutes)')
+    p.add_argument('--epochs', type=int, default=10, help='(the default fits the shapes job in ~9 CPU minutes)')
     p.add_argument('--batch-size', '--batch_size', type=int, default=8,
                    help='total batch over all processes (8: best shapes mAP per CPU minute; GPUs: 16-64)')
     p.add_argument('--nbs', type=int, default=0, help='nominal batch: gradients accumulate to it before a step '

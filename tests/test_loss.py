@@ -168,6 +168,20 @@ def test_no_targets_only_objectness():
     assert lbox == 0 and lcls == 0 and lobj > 0 and math.isclose(total.item(), lobj.item())
 
 
+def test_balance_weights_each_heads_objectness_by_stride():
+    """hyp balance {stride: w}: lobj = obj x sum_heads w x mean BCE(objectness logits, target);
+    with no targets every target is 0, so each head's term is computed here independently."""
+    m = model().train()
+    heads = m(torch.rand(2, 3, 64, 64))
+    assert [64 // h.shape[2] for h in heads] == [4, 8]
+    per_head = [torch.nn.functional.binary_cross_entropy_with_logits(h[..., 4], torch.zeros_like(h[..., 4])).item()
+                for h in heads]
+    for balance, weights in ((None, (1, 1)), ({4: 4.0, 8: 0.4}, (4.0, 0.4)), ({8: 3.0}, (1, 3.0))):
+        lobj = YOLOLoss(m, dict(HYP, balance=balance))(heads, torch.zeros(0, 6), (64, 64))[1][1].item()
+        expected = HYP['obj'] * sum(w * b for w, b in zip(weights, per_head))
+        assert math.isclose(lobj, expected, rel_tol=1e-5), (balance, lobj, expected)
+
+
 def test_obj_iou_sets_the_objectness_target_of_positives():
     """obj_iou 0: every positive's objectness target is 1, so confident positives and confident
     negatives cost ~nothing even with poor boxes; obj_iou 1 (v2020): the target is the box's
