@@ -105,6 +105,26 @@ def test_bad_inputs_are_clear(tmp_path, tiny_data, capsys):
         train.main(['--resume', 'nowhere.pt'])
 
 
+def test_model_ema_by_hand():
+    """ema = d x ema + (1 - d) x w after each update, d = decay x (1 - exp(-updates / tau)), for
+    weights and BN running statistics alike; the live model is never touched."""
+    from utils.torch_utils import ModelEMA
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.BatchNorm2d(1))
+    with torch.no_grad():
+        m[0].weight.fill_(1.0)
+    ema = ModelEMA(m, decay=0.9, tau=2)
+    expected = 1.0
+    for updates, w in ((1, 2.0), (2, 3.0), (3, -1.0)):
+        with torch.no_grad():
+            m[0].weight.fill_(w)
+            m[1].running_mean.fill_(w)
+        ema.update(m)
+        d = 0.9 * (1 - math.exp(-updates / 2))
+        expected = d * expected + (1 - d) * w
+        assert math.isclose(ema.ema[0].weight.item(), expected, rel_tol=1e-6)
+    assert m[0].weight.item() == -1.0 and ema.ema[1].running_mean.item() != 0.0
+
+
 def test_hyp_keys_documented_and_misspellings_warned(tmp_path):
     """Every key the code reads is documented in data/hyp.yaml (and nothing else is); the shipped
     recipes load silently; a misspelt key is named in a warning instead of leaving its default in force."""

@@ -172,7 +172,8 @@ class Trainer:
                 p.requires_grad_(False)
         model.to(self.device, memory_format=torch.channels_last)  # oneDNN/cuDNN's fast layout: ~20% faster
         self.optimizer = build_optimizer(model, self.hyp)
-        self.ema = ModelEMA(model) if opt.ema and self.main else None
+        self.ema = (ModelEMA(model, self.hyp.get('ema_decay', 0.9999), self.hyp.get('ema_tau', 2000))
+                    if opt.ema and self.main else None)
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.device.type == 'cuda')
         self.start_epoch, self.best_fitness, self.updates = 0, 0.0, 0
         self.results = []
