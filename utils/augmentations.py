@@ -223,8 +223,9 @@ def random_affine(img, boxes, rng, degrees=0.0, translate=0.0, scale=0.0, shear=
 
 
 def _crop_offset(M, in_hw, out_hw):
-    """(x0, y0) when the 3x3 transform M maps output pixels to input pixels as a pure whole-pixel
-    shift whose window lies inside the input (the output is then ``img[y0:y0+h, x0:x0+w]``), else None."""
+    """(x0, y0) when the 3x3 transform M (input -> output pixels) is a pure whole-pixel shift by
+    (-x0, -y0) whose output window lies inside the input: the output is ``img[y0:y0+h, x0:x0+w]``.
+    Else None."""
     if not np.array_equal(M[:2, :2], np.eye(2)) or not np.array_equal(M[2], [0, 0, 1]):
         return None
     x0, y0 = -M[0, 2], -M[1, 2]
