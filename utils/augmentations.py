@@ -213,8 +213,8 @@ def random_affine(img, boxes, rng, degrees=0.0, translate=0.0, scale=0.0, shear=
     if not len(boxes):
         return img, boxes.reshape(0, 4), np.zeros(0, bool)
     if shift is not None:  # axis-aligned boxes stay boxes: clipping them is their exact visible part
+        full = (boxes if full_boxes is None else full_boxes) - np.tile(shift, 2)
         new = (boxes - np.tile(shift, 2)).clip(0, [w, h, w, h])
-        full = boxes - np.tile(shift, 2) if full_boxes is None else full_boxes - np.tile(shift, 2)
         return img, new, box_candidates(full, new, area_thr=min_visible)
     quads = warp_corners(boxes, M, bool(perspective))
     full = hull_boxes(quads if full_boxes is None else warp_corners(full_boxes, M, bool(perspective)))
