@@ -573,31 +573,57 @@ def load_checkpoint(path, map_location='cpu'):
     return ckpt
 
 
-def load_state_dict_matching(model, state_dict, source='<state dict>'):
-    """Copy tensors whose names and shapes match; returns (loaded, skipped) key lists.
+def _layer_of(key):
+    """'module_list.12.Conv2d.weight' -> 12 (None for keys outside module_list)."""
+    m = re.match(r'module_list\.(\d+)\.', key)
+    return int(m.group(1)) if m else None
 
-    Shape mismatches (a head for another class count) are skipped and reported; a state
-    dict with none of the model's keys is an error."""
+
+def load_state_dict_matching(model, state_dict, source='<state dict>', pretrain=False):
+    """Copy ``state_dict`` into ``model``; returns (loaded, skipped) key lists.
+
+    Every tensor must fit the model: a shape mismatch is a ValueError naming the first
+    mismatching layer (in layer order), its state-dict key and both shapes, because loading
+    "what fits" silently trains or evaluates a half-random model. The one exception is
+    ``pretrain`` (``-pt``): the head convs (the conv right before each [yolo]) of another
+    class count are skipped whole and keep their initialisation. Tensors with no place in
+    the model are an error; tensors the model has but the file lacks keep their values."""
     model = unwrap(model)
     own = model.state_dict()
-    matched = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(k for k in state_dict if k in own and own[k].shape != state_dict[k].shape)
     unknown = sorted(k for k in state_dict if k not in own)
-    if not matched:
+    if not any(k in own for k in state_dict):
         raise ValueError(f'{source}: no tensor matches this model (is it for another cfg?)')
     if unknown:
         raise ValueError(f'{source}: {len(unknown)} tensors have no place in this model, e.g. {unknown[:3]}; '
                          'use the cfg the checkpoint was trained with (it is stored in the checkpoint)')
+    head_convs = {i - 1 for i in model.yolo_layers}
+    mismatched = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
+    skip_layers = set()
+    for key in mismatched:  # own's order is layer order: the first one reported is the first layer
+        layer = _layer_of(key)
+        if pretrain and layer in head_convs:
+            skip_layers.add(layer)
+            continue
+        if layer in head_convs:
+            hint = 'a detection head for another class count: pass -pt (pretrain) to skip the heads'
+        else:
+            hint = 'the weights were trained with another cfg; a .pt carries its own, so leave out --cfg to use it'
+        where = f'layer {layer} ({key})' if layer is not None else key
+        raise ValueError(f'{source}: {where} has shape {tuple(state_dict[key].shape)} in the weights but '
+                         f'{tuple(own[key].shape)} in the cfg ({hint})')
+    matched = {k: v for k, v in state_dict.items() if _layer_of(k) not in skip_layers}
+    skipped = sorted(k for k in state_dict if k not in matched)
     model.load_state_dict(matched, strict=False)
     return sorted(matched), skipped
 
 
 def load_weights(model, path, cutoff=-1, pretrain=False):
-    """Load ``.pt`` checkpoints or Darknet weights (anything else) into ``model``."""
+    """Load ``.pt`` checkpoints or Darknet weights (anything else) into ``model``; a tensor of
+    another shape is an error except for head convs under ``pretrain`` (see load_state_dict_matching)."""
     path = str(path)
     if path.endswith('.pt') or path.endswith('.pth'):
         ckpt = load_checkpoint(path)
-        return load_state_dict_matching(model, ckpt['model'], path)
+        return load_state_dict_matching(model, ckpt['model'], path, pretrain=pretrain)
     return load_darknet_weights(model, path, cutoff=cutoff, pretrain=pretrain)
 
 
@@ -614,7 +640,9 @@ def model_from_checkpoint(path, img_size=416):
 def load_model(cfg, weights, img_size=416, device='cpu'):
     """An eval-mode model for test.py/detect.py: built from ``cfg``, or from the cfg a ``.pt``
     checkpoint carries when ``cfg`` is empty, with ``weights`` (.pt or Darknet) loaded; the
-    checkpoint is read once. Returns (model, class names stored in the checkpoint or None)."""
+    checkpoint is read once. Weights that do not fit ``cfg`` (another shape, or tensors the
+    cfg needs and the checkpoint lacks) are an error. Returns (model, class names stored in
+    the checkpoint or None)."""
     weights = str(weights or '')
     if weights and not os.path.isfile(weights):
         raise FileNotFoundError(f'--weights {weights} not found')
@@ -626,10 +654,11 @@ def load_model(cfg, weights, img_size=416, device='cpu'):
         load_darknet_weights(model, weights)
     elif ckpt is None:
         print('WARNING: no --weights: evaluating random weights')
-    elif cfg:  # a cfg given next to a checkpoint: load what fits, report what does not
-        load_state_dict_matching(model, ckpt['model'], weights)
-    else:
-        model.load_state_dict(ckpt['model'])
+    else:  # evaluating a model with some layers left random would report a meaningless mAP
+        loaded, _ = load_state_dict_matching(model, ckpt['model'], weights)
+        missing = [k for k in model.state_dict() if k not in loaded]
+        if missing:
+            raise ValueError(f'{weights}: has no tensor for {len(missing)} entries of the cfg, e.g. {missing[:3]}')
     return model.to(device).eval(), ckpt.get('names') if ckpt else None
 
 

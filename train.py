@@ -4,6 +4,7 @@
     python3 train.py --cfg cfg/yolov3.cfg --data data/coco2017.data --weights weights/yolov3.weights -pt
     python3 train.py --resume runs/train/exp/weights/last.pt
     torchrun --nproc_per_node 2 train.py ...           # multi-GPU (or multi-process CPU) DDP
+    python3 train.py --weights pruned.pt               # fine-tune the architecture the checkpoint carries
 
 Flags follow the 2020 upstream project (``--img-size min max test``, ``--accumulate`` via the
 nominal batch ``--nbs``, ``-pt``...). Hooks for sparsity (``-sr --s --prune``), quantization and
@@ -12,7 +13,6 @@ distillation flags arrive with their issues (they plug into ``Trainer.grad_hooks
 """
 import argparse
 
-DEFAULT_CFG = 'cfg/yolov3-mini-shapes.cfg'
 DEFAULT_DATA = 'data/shapes.data'
 
 
@@ -25,7 +25,8 @@ def parse_args(argv=None):
                    '(0 = the batch size, no accumulation; upstream used 64)')
     p.add_argument('--accumulate', type=int, default=None,
                    help='upstream spelling: batches per optimizer step (sets --nbs to accumulate x batch-size)')
-    p.add_argument('--cfg', default=DEFAULT_CFG, help='model cfg')
+    p.add_argument('--cfg', default='', help='model cfg (default: the cfg a .pt --weights carries, else '
+                   'cfg/yolov3-mini-shapes.cfg)')
     p.add_argument('--data', default=DEFAULT_DATA, help='dataset .data file')
     p.add_argument('--hyp', default='', help="hyperparameter YAML (default: the .data file's hyp=, else data/hyp.yaml)")
     p.add_argument('--img-size', '--img_size', type=int, nargs='+', default=[256],
@@ -42,7 +43,8 @@ def parse_args(argv=None):
                         '< 1 GiB and < 10%% of free RAM), off')
     p.add_argument('--weights', default='', help='initial weights (.pt or Darknet); "" = random init')
     p.add_argument('-pt', '--pretrain', action='store_true',
-                   help='Darknet weights for another class count: skip the detection-head convs')
+                   help='weights for another class count: skip the detection-head convs (any other mismatch '
+                        'between --cfg and --weights is an error)')
     p.add_argument('--project', default='runs/train', help='parent folder of run folders')
     p.add_argument('--name', default='exp', help='run folder name (exp, exp2, ... never overwritten)')
     p.add_argument('--device', default='', help="'' (auto), cpu, 0, 0,1")

@@ -54,7 +54,7 @@ def bench_size(opt, cfg_path, size, tmp):
     argv = ['--cfg', str(cfg_path), '--data', opt.data, '--img-size', str(size), '--batch-size', str(opt.batch_size),
             '--nbs', str(opt.batch_size), '--workers', str(opt.workers), '--device', opt.device, '--weights', '',
             '--project', str(tmp), '--name', f's{size}', '--notest']
-    trainer = Trainer(train.parse_args(argv))
+    trainer = Trainer(train.parse_args(argv)).setup()
     trainer.ddp.train()
     trainer._adjust_lr(5, 10, 10 ** 6, 0, 0.05)  # past burn-in: plain steps
     sync = torch.cuda.synchronize if trainer.device.type == 'cuda' else (lambda: None)

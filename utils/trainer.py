@@ -1,10 +1,45 @@
 """The training engine behind train.py.
 
-One loop, one place for extensions: ``Trainer.loss_terms`` (callables adding loss terms,
-e.g. distillation) and ``Trainer.grad_hooks`` (callables run after backward, before the
-optimizer step, e.g. the BN-sparsity sub-gradient). Everything a run writes goes into its
-run folder (``runs/train/<name>``): opt.yaml, hyp.yaml, results.csv/png, weights/last.pt,
-weights/best.pt, weights/best.weights, plots.
+    trainer = Trainer(opt)            # options, hyperparameters, run folder, data loaders
+    trainer.grad_hooks.append(...)    # features register their hooks here ...
+    trainer.train()                   # ... because the model is built here (or by trainer.setup())
+
+One loop, one place for extensions: a feature (sparsity, quantization, distillation) lives in
+its own utils/ module and plugs in through these hooks, never through a branch in the loop.
+Hooks must be registered before ``setup()`` / ``train()``.
+
+``model_transforms``: ``fn(trainer, model) -> model``, run once by ``setup()`` after the model
+    is built and its ``--weights`` are loaded, before ``--freeze``, the optimizer, the EMA and
+    DDP are built, so parameters a transform adds are trained (quantized convs). Under
+    ``--resume`` they run before the checkpoint's state is loaded, since that state was saved
+    from the transformed model. A transform may also just inspect the model (and raise a
+    ValueError for a model it cannot handle) and return it.
+``loss_terms``: ``fn(trainer, imgs, targets, heads) -> (loss scalar, {name: value})``, added to
+    the loss of every micro-batch (distillation).
+``grad_hooks``: ``fn(trainer)``, called once per optimizer step, after the last micro-batch's
+    backward, on the accumulated gradients, unscaled (AMP) and, under DDP, already averaged
+    over ranks, right before ``optimizer.step``; a hook may change ``p.grad`` (BN sparsity).
+    It runs on every rank.
+``epoch_hooks``: ``fn(trainer, epoch) -> {column: float} | None``, called on the main process
+    at the end of every epoch, after validation, before results.csv is written; the returned
+    values become extra results.csv columns (after RESULT_FIELDS, in first-seen order; kept
+    across ``--resume``; a row without a value holds nan).
+``ckpt_extras``: ``{key: value}`` merged into every checkpoint the run saves (a feature's
+    settings); the value must be torch.load(weights_only=True)-safe (tensors, numbers,
+    strings, lists, dicts) and the key must not be one of the trainer's own.
+``trainer.epoch`` / ``trainer.epochs``: the current epoch and the run's length, set at the
+    start of every epoch, for hooks with a schedule. ``trainer.resumed_extras``: under
+    ``--resume``, the checkpoint's entries that are not the trainer's own (what features put in
+    ckpt_extras), readable from ``model_transforms`` on. ``trainer.eval_model()`` is the model that
+    is validated and saved (the EMA with ``--ema``).
+
+Which model is trained: ``--resume``: the checkpoint's own cfg; else ``--cfg``; else the cfg
+a ``.pt`` given by ``--weights`` carries; else DEFAULT_CFG. Weights that do not fit the model
+are an error (models.load_state_dict_matching), except head convs of another class count
+under ``-pt``.
+
+Everything a run writes goes into its run folder (``runs/train/<name>``): opt.yaml,
+hyp.yaml, results.csv/png, weights/last.pt, weights/best.pt, weights/best.weights, plots.
 """
 import csv
 import math
@@ -28,9 +63,13 @@ from utils.parse_config import parse_data_cfg
 from utils.torch_utils import (ModelEMA, de_parallel, init_seeds, rng_states, select_device, set_rng_states,
                                world_info)
 
+DEFAULT_CFG = str(Path(__file__).resolve().parents[1] / 'cfg' / 'yolov3-mini-shapes.cfg')  # no --cfg, no cfg in --weights
 RESULT_FIELDS = ['epoch', 'lr', 'box', 'obj', 'cls', 'P', 'R', 'mAP@0.5', 'mAP@0.5:0.95', 'val_box', 'val_obj',
                  'val_cls']
 
+
+TRAINER_CKPT_KEYS = frozenset({'epoch', 'best_fitness', 'model', 'cfg', 'optimizer', 'results', 'result_fields',
+                               'updates', 'names', 'rng', 'scaler', 'ema', 'ema_updates'})  # not for ckpt_extras
 
 HYP_REFERENCE = Path(__file__).resolve().parents[1] / 'data' / 'hyp.yaml'  # documents every key the code reads
 
@@ -72,8 +111,8 @@ def build_optimizer(model, hyp):
     no_decay, decay, biases = param_groups(model)
     if hyp.get('optimizer', 'sgd') == 'adam':
         opt = torch.optim.Adam(no_decay, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999))
-    else:
-        opt = torch.optim.SGD(no_decay, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=True)
+    else:  # torch refuses Nesterov without momentum: momentum 0 is plain SGD
+        opt = torch.optim.SGD(no_decay, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=hyp['momentum'] > 0)
     opt.add_param_group({'params': decay, 'weight_decay': hyp['weight_decay']})
     opt.add_param_group({'params': biases})
     return opt
@@ -89,8 +128,14 @@ class Trainer:
         self.opt = opt
         self.rank, self.local_rank, self.world_size = world_info()
         self.main = self.rank in (-1, 0)
-        self.loss_terms = []  # callables (trainer, imgs, targets, heads) -> (loss scalar, {name: value})
-        self.grad_hooks = []  # callables (trainer) after backward, before the optimizer step
+        # extension points (see the module docstring); register before setup()/train()
+        self.model_transforms = []  # fn(trainer, model) -> model, before optimizer/EMA/DDP exist
+        self.loss_terms = []  # fn(trainer, imgs, targets, heads) -> (loss scalar, {name: value})
+        self.grad_hooks = []  # fn(trainer), once per optimizer step on accumulated, unscaled gradients
+        self.epoch_hooks = []  # fn(trainer, epoch) -> {column: float} | None, main process, end of epoch
+        self.ckpt_extras = {}  # merged into every saved checkpoint
+        self.epoch, self.epochs = None, opt.epochs
+        self.model, self.ready = None, False  # built by setup()
         self.device = select_device(opt.device)
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo')
@@ -103,7 +148,6 @@ class Trainer:
         self.adam = self.hyp.get('optimizer', 'sgd') == 'adam'
         self._setup_run_dir()
         self._setup_data()
-        self._setup_model()
 
     # ------------------------------------------------------------------ setup
     def _setup_run_dir(self):
@@ -147,26 +191,22 @@ class Trainer:
                 rect=True, cache=opt.cache_images, workers=opt.workers, shuffle=False, seed=opt.seed,
                 single_cls=opt.single_cls, nc=data_nc, pad=0.5)
 
-    def _setup_model(self):
+    def setup(self):
+        """Build the model (running ``model_transforms``), optimizer, EMA, GradScaler and DDP
+        wrapper, and restore a resumed run's state. ``train()`` calls it when needed."""
+        if self.ready:
+            return self
         opt = self.opt
-        ckpt = None
-        if opt.resume:
-            ckpt = models.load_checkpoint(self.ckpt_path)
-            self.model = models.Darknet(ckpt['cfg'], img_size=self.img_max)
-        else:
-            self.model = models.Darknet(opt.cfg, img_size=self.img_max)
-        model = self.model
-        if model.nc != self.nc:
-            raise ValueError(f'{opt.cfg} has {model.nc} classes but {opt.data} has {self.nc}; rewrite the cfg with '
-                             f'`python3 models.py rewrite {opt.cfg} OUT.cfg --classes {self.nc}`')
-        _init_head_biases(model)
-        if ckpt is None and opt.weights:
-            if not os.path.isfile(opt.weights):
-                raise FileNotFoundError(f'--weights {opt.weights} not found (use --weights "" to start from '
-                                        'random weights)')
-            loaded = models.load_weights(model, opt.weights, pretrain=opt.pretrain)
-            if self.main and opt.weights.endswith('.pt'):
-                print(f'{opt.weights}: loaded {len(loaded[0])} tensors, skipped {len(loaded[1])} of another shape')
+        ckpt = models.load_checkpoint(self.ckpt_path) if opt.resume else None
+        # what the resumed run's features saved through ckpt_extras, for features with state
+        self.resumed_extras = {k: v for k, v in (ckpt or {}).items() if k not in TRAINER_CKPT_KEYS}
+        self.model = model = self._build_model(ckpt)
+        for transform in self.model_transforms:
+            model = transform(self, model)
+        self.model = model
+        self._check_ckpt_extras()  # now, not at the first save an epoch later
+        if ckpt is not None:  # saved from the transformed model: loaded after the transforms
+            model.load_state_dict(ckpt['model'])
         for i in range(min(opt.freeze, len(model.module_list))):
             for p in model.module_list[i].parameters():
                 p.requires_grad_(False)
@@ -176,9 +216,8 @@ class Trainer:
                     if opt.ema and self.main else None)
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.device.type == 'cuda')
         self.start_epoch, self.best_fitness, self.updates = 0, 0.0, 0
-        self.results = []
+        self.results, self.result_fields = [], list(RESULT_FIELDS)
         if ckpt is not None:
-            model.load_state_dict(ckpt['model'])
             if ckpt.get('optimizer') is None:
                 raise ValueError(f'{self.ckpt_path}: has no optimizer state (a finished, stripped run); '
                                  'start a new run with --weights instead of --resume')
@@ -191,8 +230,9 @@ class Trainer:
             self.start_epoch = int(ckpt['epoch']) + 1
             self.best_fitness = float(ckpt['best_fitness'] or 0.0)
             self.updates = int(ckpt.get('updates', 0))
-            self.results = [dict(zip(RESULT_FIELDS, map(float, r))) for r in ckpt.get('results', torch.zeros(0, 12))
-                            .tolist()]
+            self.result_fields = list(ckpt.get('result_fields') or RESULT_FIELDS)  # + epoch hooks' columns
+            self.results = [dict(zip(self.result_fields, map(float, r)))
+                            for r in ckpt.get('results', torch.zeros(0, len(self.result_fields))).tolist()]
             if 'rng' in ckpt:
                 set_rng_states(ckpt['rng'])
             if self.main:
@@ -207,11 +247,46 @@ class Trainer:
         self.loss_fn = YOLOLoss(model, self.hyp)
         self.nominal_batch = opt.nbs or opt.batch_size  # gradients are accumulated to this batch before a step
         self.accumulate = max(round(self.nominal_batch / opt.batch_size), 1)
+        self.ready = True
+        return self
+
+    def _build_model(self, ckpt):
+        """The model to train, with its initial weights (module docstring: which cfg wins)."""
+        opt = self.opt
+        weights = '' if ckpt is not None else str(opt.weights or '')
+        if weights and not os.path.isfile(weights):
+            raise FileNotFoundError(f'--weights {weights} not found (use --weights "" to start from random weights)')
+        init = models.load_checkpoint(weights) if weights.endswith(('.pt', '.pth')) else None
+        if ckpt is not None:
+            cfg, cfg_name = ckpt['cfg'], f'the cfg stored in {self.ckpt_path}'
+        elif opt.cfg:
+            cfg, cfg_name = opt.cfg, opt.cfg
+        elif init is not None and init.get('cfg'):
+            cfg, cfg_name = init['cfg'], f'the cfg stored in {weights}'
+        else:
+            cfg, cfg_name = DEFAULT_CFG, os.path.relpath(DEFAULT_CFG)
+        model = models.Darknet(cfg, img_size=self.img_max)
+        if self.main:
+            print(f'Model: {cfg_name}')
+        if model.nc != self.nc:
+            hint = (f'give --cfg with {self.nc} classes (and -pt to skip the heads of {weights})' if init else
+                    f'rewrite the cfg with `python3 models.py rewrite CFG OUT.cfg --classes {self.nc}`')
+            raise ValueError(f'{cfg_name} has {model.nc} classes but {opt.data} has {self.nc}; {hint}')
+        _init_head_biases(model)
+        if init is not None:
+            loaded, skipped = models.load_state_dict_matching(model, init['model'], weights, pretrain=opt.pretrain)
+            if self.main:
+                print(f'{weights}: loaded {len(loaded)} tensors' +
+                      (f', skipped {len(skipped)} of the detection heads (-pt)' if skipped else ''))
+        elif weights:
+            models.load_darknet_weights(model, weights, pretrain=opt.pretrain)
+        return model
 
     # ------------------------------------------------------------------ loop
     def train(self):
+        self.setup()
         opt, hyp = self.opt, self.hyp
-        epochs = opt.epochs
+        epochs = self.epochs = opt.epochs
         nb = len(self.train_loader)
         warmup = hyp.get('warmup_epochs', 3)
         n_burn = max(round(warmup * nb), 100) if warmup > 0 else 0  # iterations; ni counts from epoch 0
@@ -220,6 +295,7 @@ class Trainer:
         patience_left = opt.patience
         t0 = time.time()
         for epoch in range(self.start_epoch, stop_epoch):
+            self.epoch = epoch
             if self.world_size > 1 and hasattr(self.train_loader.sampler, 'set_epoch'):
                 self.train_loader.sampler.set_epoch(epoch)
             if hasattr(self.train_set, 'set_epoch'):
@@ -257,6 +333,8 @@ class Trainer:
                        'cls': mean_items[2].item(), 'P': metrics['precision'], 'R': metrics['recall'],
                        'mAP@0.5': metrics['map50'], 'mAP@0.5:0.95': metrics['map50_95'],
                        **dict(zip(('val_box', 'val_obj', 'val_cls'), metrics.get('val_losses', [0, 0, 0])))}
+                for hook in self.epoch_hooks:
+                    row.update(self._extra_columns(hook, epoch))
                 self.results.append(row)
                 self._write_results()
                 fit = fitness(metrics['map50'], metrics['map50_95'])
@@ -278,7 +356,8 @@ class Trainer:
         return self.results[-1] if self.results else None
 
     def _step(self, imgs, targets, ni):
-        """Forward, loss (+ extra terms), backward, grad hooks, accumulated optimizer step."""
+        """Forward, loss (+ extra terms), backward; every ``current_accumulate`` batches: grad
+        hooks and the optimizer step."""
         amp = self.device.type == 'cuda'
         with torch.autocast(self.device.type, enabled=amp):
             heads = self.ddp(imgs)
@@ -302,11 +381,13 @@ class Trainer:
             dist.all_reduce(items)
             items /= self.world_size
         self.scaler.scale(loss).backward()
-        if self.grad_hooks:
-            self.scaler.unscale_(self.optimizer)  # hooks see true gradients (sparsity under AMP works)
-            for hook in self.grad_hooks:
-                hook(self)
         if ni % self.current_accumulate == 0:
+            if self.grad_hooks:
+                # once per step, on the accumulated gradients in true units: GradScaler allows one
+                # unscale_ per step, and a hook's term (sparsity) must not count once per micro-batch
+                self.scaler.unscale_(self.optimizer)
+                for hook in self.grad_hooks:
+                    hook(self)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -347,32 +428,57 @@ class Trainer:
         return imgs
 
     # ------------------------------------------------------------------ evaluation, logging, saving
-    def _eval_model(self):
+    def eval_model(self):
+        """The model that is validated and saved: the EMA with --ema, else the trained model."""
         return self.ema.ema if self.ema else de_parallel(self.ddp)
 
     def _validate(self, final):
         if self.val_loader is None or (self.opt.notest and not final):
             return {'precision': 0.0, 'recall': 0.0, 'map50': 0.0, 'map50_95': 0.0, 'val_losses': [0, 0, 0]}
         from utils.evaluation import evaluate
-        return evaluate(self._eval_model(), self.val_loader, self.names, conf_thres=0.001, iou_thres=0.6,
+        return evaluate(self.eval_model(), self.val_loader, self.names, conf_thres=0.001, iou_thres=0.6,
                         loss_fn=self.loss_fn, save_dir=self.save_dir, plots=final, verbose=final)
 
+    def _extra_columns(self, hook, epoch):
+        """An epoch hook's {column: float}; new columns join result_fields in first-seen order."""
+        extra = hook(self, epoch) or {}
+        if not isinstance(extra, dict):
+            raise TypeError(f'epoch hook {hook!r} returned {type(extra).__name__}, expected a dict or None')
+        clash = [k for k in extra if k in RESULT_FIELDS]
+        if clash:
+            raise ValueError(f'epoch hook {hook!r}: columns {clash} are the trainer\'s own')
+        for k in extra:
+            if k not in self.result_fields:
+                self.result_fields.append(k)
+        return {k: float(v) for k, v in extra.items()}
+
+    def _results_table(self):
+        """[epochs, columns] of self.results in result_fields order; nan where a row has no value."""
+        return [[r.get(k, math.nan) for k in self.result_fields] for r in self.results]
+
     def _write_results(self):
-        lines = [','.join(RESULT_FIELDS)] + [','.join(f'{r[k]:.6g}' for k in RESULT_FIELDS) for r in self.results]
+        lines = [','.join(self.result_fields)] + [','.join(f'{v:.6g}' for v in row) for row in self._results_table()]
         atomic_write_text(self.save_dir / 'results.csv', '\n'.join(lines) + '\n')
 
     def _checkpoint(self, epoch, with_optimizer=True):
-        model = self._eval_model()
-        results = torch.tensor([[r[k] for k in RESULT_FIELDS] for r in self.results], dtype=torch.float64)
+        model = self.eval_model()
+        results = torch.tensor(self._results_table(), dtype=torch.float64).reshape(-1, len(self.result_fields))
         ckpt = {'epoch': epoch, 'best_fitness': self.best_fitness, 'model': model.state_dict(), 'cfg': model.cfg_text(),
                 'optimizer': self.optimizer.state_dict() if with_optimizer else None, 'results': results,
-                'updates': self.updates, 'names': list(self.names)}
+                'result_fields': list(self.result_fields), 'updates': self.updates, 'names': list(self.names)}
         if with_optimizer:
             ckpt.update(rng=rng_states(), scaler=self.scaler.state_dict())
             if self.ema:  # the raw weights too, so a resumed run continues the same trajectory
                 ckpt.update(model=de_parallel(self.ddp).state_dict(), ema=self.ema.ema.state_dict(),
                             ema_updates=self.ema.updates)
+        self._check_ckpt_extras()
+        ckpt.update(self.ckpt_extras)
         return ckpt
+
+    def _check_ckpt_extras(self):
+        clash = sorted(set(self.ckpt_extras) & TRAINER_CKPT_KEYS)
+        if clash:
+            raise ValueError(f'ckpt_extras {clash}: these checkpoint keys are the trainer\'s own')
 
     def _save(self, epoch, improved):
         ckpt = self._checkpoint(epoch)
