@@ -5,11 +5,11 @@
     python3 train.py --resume runs/train/exp/weights/last.pt
     torchrun --nproc_per_node 2 train.py ...           # multi-GPU (or multi-process CPU) DDP
     python3 train.py --weights pruned.pt               # fine-tune the architecture the checkpoint carries
+    python3 train.py --weights base.pt -sr --s 0.001 --prune 0      # BN-sparsity training before pruning
 
 Flags follow the 2020 upstream project (``--img-size min max test``, ``--accumulate`` via the
-nominal batch ``--nbs``, ``-pt``...). Hooks for sparsity (``-sr --s --prune``), quantization and
-distillation flags arrive with their issues (they plug into ``Trainer.grad_hooks`` and
-``Trainer.loss_terms``).
+nominal batch ``--nbs``, ``-pt``, ``-sr --s --prune``...). Features plug into the Trainer's hooks
+(``add_features``); quantization and distillation flags arrive with their issues.
 """
 import argparse
 
@@ -59,13 +59,46 @@ def parse_args(argv=None):
     p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (CUDA)')
     p.add_argument('--stop-after', type=int, default=None, help='train at most N epochs in this invocation '
                    '(time-boxed jobs; continue with --resume)')
+    sr = p.add_argument_group('BN-sparsity training (utils/sparsity.py)')
+    sr.add_argument('-sr', '--sr', '--sparsity-regularization', dest='sr', action='store_true',
+                    help='add s*sign(gamma) to the gradient of the BN scales that --prune may remove')
+    sr.add_argument('--s', '--sr-lambda', dest='s', type=float, default=None,
+                    help='sparsity factor lambda, applied once per optimizer step (default 0.001; upstream applied '
+                         'it per micro-batch: accumulate x lambda per step). Under torchrun write --sr-lambda: '
+                         "torchrun's parser rejects --s as an ambiguous abbreviation of its own options")
+    sr.add_argument('--prune', type=int, default=None, choices=[0, 1, 2],
+                    help='layers penalised: 0 normal/regular, 1 shortcut/slim/layer-channel, 2 layer pruning '
+                         '(default 0)')
+    sr.add_argument('--sr-schedule', default=None, choices=['constant', 'step', 'cosine'],
+                    help='lambda over the epochs: constant (default), step (0.1 x lambda from half the epochs), '
+                         'cosine (lambda x (1 + cos(pi e / E)) / 2)')
     opt = p.parse_args(argv)
+    if opt.sr:
+        opt.s = 0.001 if opt.s is None else opt.s
+        opt.prune = 0 if opt.prune is None else opt.prune
+        opt.sr_schedule = opt.sr_schedule or 'constant'
+        if opt.s < 0:
+            p.error(f'--s {opt.s}: the sparsity factor cannot be negative')
+    else:
+        given = [f for f, v in (('--s', opt.s), ('--prune', opt.prune), ('--sr-schedule', opt.sr_schedule))
+                 if v is not None]
+        if given:  # upstream HEAD turned sparsity on with --prune alone; say so rather than train dense
+            p.error(f'{" ".join(given)}: only used by sparsity training, which is off; add -sr')
     if opt.accumulate:
         opt.nbs = opt.accumulate * opt.batch_size
     opt.img_size = (opt.img_size + [opt.img_size[-1]] * 2)[:3]
     if any(s % 32 for s in opt.img_size):
         p.error(f'--img-size {opt.img_size}: every size must be a multiple of 32')
     return opt
+
+
+def add_features(trainer):
+    """Register the hooks of the features the trainer's options turn on (before it builds its model)."""
+    opt = trainer.opt
+    if opt.sr:
+        from utils.sparsity import attach_sparsity
+        attach_sparsity(trainer, s=opt.s, prune=opt.prune, schedule=opt.sr_schedule)
+    return trainer
 
 
 def main(argv=None):
@@ -79,9 +112,9 @@ def main(argv=None):
             opt.data = default_data()
         if opt.evolve:
             from utils.evolve import evolve
-            evolve(opt)
+            evolve(opt, configure=add_features)
         else:
-            Trainer(opt).train()
+            add_features(Trainer(opt)).train()
 
 
 if __name__ == '__main__':

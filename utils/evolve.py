@@ -67,7 +67,8 @@ def write_rows(path, rows):
     atomic_write_text(path, '\n'.join(lines) + '\n')
 
 
-def evolve(opt):
+def evolve(opt, configure=None):
+    """``opt.evolve`` generations; ``configure(trainer)`` registers feature hooks on each run's Trainer."""
     from utils.metrics import fitness
     from utils.trainer import Trainer, load_hyp
     base = load_hyp(opt.hyp)
@@ -85,7 +86,10 @@ def evolve(opt):
         run_opt.hyp, run_opt.evolve, run_opt.notest, run_opt.nosave = str(hyp_path), 0, True, True
         run_opt.project, run_opt.name = str(out), f'gen{len(rows)}'
         print(f'\nEvolve generation {g + 1}/{generations}')
-        result = Trainer(run_opt).train()
+        trainer = Trainer(run_opt)
+        if configure is not None:
+            configure(trainer)
+        result = trainer.train()
         metrics = {'precision': result['P'], 'recall': result['R'], 'map50': result['mAP@0.5'],
                    'map50_95': result['mAP@0.5:0.95']}
         hyp_numbers = {k: float(v) for k, v in hyp.items() if isinstance(v, (int, float))}

@@ -267,6 +267,36 @@ def plot_results(results_csv, save_dir=None):
     return save_figure(fig, Path(save_dir or Path(results_csv).parent) / 'results.png')
 
 
+def plot_stacked_histograms(histograms, path, xlabel='value', title=None, dpi=120):
+    """TensorBoard's "offset" histogram view: ``histograms`` = [(label, bin edges [n+1], counts
+    [n]), ...] oldest first, each drawn as a filled outline on its own baseline, older ones
+    higher and paler, so the drift of a distribution over training reads top to bottom.
+    Heights are fractions of that histogram's total count, scaled so the tallest peak spans
+    about two baselines. Written atomically to ``path``; returns it."""
+    n = len(histograms)
+    fig = _new_figure((7, 2 + 0.35 * min(max(n, 1), 40)))
+    ax = fig.subplots()
+    fractions = [np.asarray(c, float) / max(float(np.sum(c)), 1.0) for _, _, c in histograms]
+    peak = max((float(f.max()) for f in fractions if f.size), default=1.0) or 1.0
+    for k, ((label, edges, _), frac) in enumerate(zip(histograms, fractions)):
+        edges = np.asarray(edges, float)
+        base = n - 1 - k  # the newest sits at the bottom, in front
+        x = np.repeat(edges, 2)[1:-1]  # step outline through the bin edges
+        y = base + 2.0 * np.repeat(frac, 2) / peak
+        t = (k + 1) / n  # pale grey-blue (oldest) -> dark blue (newest)
+        colour = (0.75 - 0.65 * t, 0.8 - 0.5 * t, 0.9 - 0.15 * t)
+        ax.fill_between(x, base, y, color='white', zorder=2 * k)  # hides older curves behind it
+        ax.plot(x, y, color=colour, linewidth=1.2, zorder=2 * k + 1)
+    step = max(1, math.ceil(n / 20))
+    ax.set_yticks([n - 1 - k for k in range(0, n, step)], [histograms[k][0] for k in range(0, n, step)])
+    ax.set_xlabel(xlabel)
+    ax.set_ylim(-0.2, n + 1.5)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(axis='x', alpha=0.3)
+    return save_figure(fig, path, dpi=dpi)
+
+
 def plot_study(csv_path, png_path=None):
     """test.py --task study: study.csv (columns img_size, map50, map50_95, ms_per_image) ->
     mAP@0.5 and mAP@0.5:0.95 vs image size (left) and ms/image vs image size (right),

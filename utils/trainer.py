@@ -63,7 +63,8 @@ from utils.parse_config import parse_data_cfg
 from utils.torch_utils import (ModelEMA, de_parallel, init_seeds, rng_states, select_device, set_rng_states,
                                world_info)
 
-DEFAULT_CFG = str(Path(__file__).resolve().parents[1] / 'cfg' / 'yolov3-mini-shapes.cfg')  # no --cfg, no cfg in --weights
+# the model when neither --cfg nor a .pt --weights names one
+DEFAULT_CFG = str(Path(__file__).resolve().parents[1] / 'cfg' / 'yolov3-mini-shapes.cfg')
 RESULT_FIELDS = ['epoch', 'lr', 'box', 'obj', 'cls', 'P', 'R', 'mAP@0.5', 'mAP@0.5:0.95', 'val_box', 'val_obj',
                  'val_cls']
 
