@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from utils.general import atomic_save, atomic_write_bytes
 from utils.parse_config import (CfgError, cfg_to_text, layer_output_shapes, parse_cfg, parse_cfg_text,
-                                rewrite_head, write_cfg)
+                                rewrite_head, section_out_channels, write_cfg)
 
 BN_EPS = 1e-5  # Darknet's normalisation epsilon
 BN_MOMENTUM = 0.1
@@ -258,9 +258,8 @@ def create_modules(module_defs, in_channels=3):
     module_list, out_channels, routs = nn.ModuleList(), [], set()
     for i, d in enumerate(module_defs):
         kind, prev = d['type'], (out_channels[-1] if out_channels else in_channels)
-        c = prev
         if kind in ('convolutional', 'depthwise'):
-            module, c = ConvBlock(prev, d), d['filters']
+            module = ConvBlock(prev, d)
         elif kind == 'maxpool':
             module = MaxPool(d['size'], d['stride'], d['padding'])
         elif kind == 'upsample':
@@ -274,14 +273,13 @@ def create_modules(module_defs, in_channels=3):
         elif kind == 'route':
             layers = [j if j >= 0 else i + j for j in d['layers']]
             module = Route(layers, d['groups'], d['group_id'])
-            c = sum(out_channels[j] for j in layers) // d['groups']
         elif kind == 'shortcut':
             layers = [j if j >= 0 else i + j for j in d['from']]
             module = Shortcut(layers, prev, d['activation'], d['weights_type'], d['weights_normalization'])
         elif kind == 'scale_channels':
             j = d['from'][0]
             j = j if j >= 0 else i + j
-            module, c = ScaleChannels(j, d['activation']), out_channels[j]
+            module = ScaleChannels(j, d['activation'])
         elif kind == 'yolo':
             anchors = [d['anchors'][m] for m in d['mask']]
             module = YOLOLayer(anchors, d['classes'], d['scale_x_y'], d['new_coords'])
@@ -289,7 +287,7 @@ def create_modules(module_defs, in_channels=3):
             raise CfgError(f'section {i}: cannot build [{kind}]')
         routs.update(getattr(module, 'layers', ()))
         module_list.append(module)
-        out_channels.append(c)
+        out_channels.append(section_out_channels(d, i, out_channels, in_channels))
     return module_list, routs
 
 

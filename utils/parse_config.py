@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 
 __all__ = ['CfgError', 'parse_cfg', 'parse_cfg_text', 'write_cfg', 'cfg_to_text', 'validate_cfg',
-           'layer_output_channels', 'layer_output_shapes', 'rewrite_head', 'parse_data_cfg', 'ACTIVATIONS']
+           'section_out_channels', 'layer_output_channels', 'layer_output_shapes', 'rewrite_head', 'read_names', 'parse_data_cfg',
+           'ACTIVATIONS']
 
 
 class CfgError(ValueError):
@@ -220,21 +221,24 @@ def _resolve(index, i):
     return i + index if index < 0 else index
 
 
+def section_out_channels(d, i, out_channels, in_channels=3):
+    """Output channels of section ``d`` (index ``i``) given the outputs of sections 0..i-1:
+    the one rule that the builder, the validator, the shape walk and the layer graph share."""
+    kind = d['type']
+    if kind in ('convolutional', 'depthwise'):
+        return d['filters']
+    if kind == 'route':
+        return sum(out_channels[_resolve(j, i)] for j in d['layers']) // d['groups']
+    if kind == 'scale_channels':
+        return out_channels[_resolve(d['from'][0], i)]
+    return out_channels[i - 1] if i > 0 else in_channels
+
+
 def layer_output_channels(module_defs, in_channels=3):
     """Output channel count of every section of ``module_defs`` (without ``[net]``)."""
     out = []
     for i, d in enumerate(module_defs):
-        prev = out[-1] if out else in_channels
-        kind = d['type']
-        if kind in ('convolutional', 'depthwise'):
-            c = d['filters']
-        elif kind == 'route':
-            c = sum(out[_resolve(j, i)] for j in d['layers']) // d['groups']
-        elif kind == 'scale_channels':
-            c = out[_resolve(d['from'][0], i)]
-        else:
-            c = prev
-        out.append(c)
+        out.append(section_out_channels(d, i, out, in_channels))
     return out
 
 
@@ -327,15 +331,7 @@ def validate_cfg(sections, source='<cfg>', lines_of=None):
                 fail(i, '[', f'the [convolutional] before it (section {i - 1}{where}) has '
                              f'filters={defs[i - 1]["filters"]}, expected len(mask)*(classes+5) = '
                              f'{len(d["mask"])}*({d["classes"]}+5) = {expected}')
-        # channels after this section
-        if kind in ('convolutional', 'depthwise'):
-            out_c.append(d['filters'])
-        elif kind == 'route':
-            out_c.append(sum(out_c[_resolve(j, i)] for j in d['layers']) // d['groups'])
-        elif kind == 'scale_channels':
-            out_c.append(out_c[_resolve(d['from'][0], i)])
-        else:
-            out_c.append(prev)
+        out_c.append(section_out_channels(d, i, out_c, channels))
     if not any(d['type'] == 'yolo' for d in defs):
         raise CfgError(f'{source}: no [yolo] section: this builder needs at least one detection head')
     return sections
@@ -368,14 +364,14 @@ def layer_output_shapes(sections, height, width):
     Raises CfgError when a route/shortcut joins maps of different spatial sizes.
     """
     net, defs = sections[0], sections[1:]
-    shapes = []
+    shapes, channels = [], []
     for i, d in enumerate(defs):
-        c, h, w = shapes[-1] if shapes else (net.get('channels', 3), height, width)
+        _, h, w = shapes[-1] if shapes else (0, height, width)
         kind = d['type']
         if kind in ('convolutional', 'depthwise'):
             k, s = d['size'], d['stride']
             p = k // 2 if d['pad'] else d['padding']
-            c, h, w = d['filters'], (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         elif kind == 'maxpool':
             k, s, p = d['size'], d['stride'], d['padding']
             h, w = (h + p - k) // s + 1, (w + p - k) // s + 1
@@ -388,14 +384,16 @@ def layer_output_shapes(sections, height, width):
             if len({r[1:] for r in refs}) > 1:
                 raise CfgError(f'[route] (section {i}): layers={d["layers"]} join maps of different sizes '
                                f'{[r[1:] for r in refs]} at input {height}x{width}')
-            c, h, w = sum(r[0] for r in refs) // d['groups'], refs[0][1], refs[0][2]
+            h, w = refs[0][1], refs[0][2]
         elif kind in ('shortcut', 'scale_channels'):
             refs = [shapes[_resolve(j, i)] for j in d['from']]
             if kind == 'shortcut' and any(r[1:] != (h, w) for r in refs):
                 raise CfgError(f'[shortcut] (section {i}): from={d["from"]} adds maps of size '
                                f'{[r[1:] for r in refs]} to {(h, w)} at input {height}x{width}')
             if kind == 'scale_channels':
-                c, h, w = refs[0]
+                h, w = refs[0][1:]
+        c = section_out_channels(d, i, channels, net.get('channels', 3))
+        channels.append(c)
         if h < 1 or w < 1:
             raise CfgError(f'[{kind}] (section {i}): output would be empty at input {height}x{width}; '
                            f'use a larger --img-size')
@@ -446,6 +444,16 @@ def rewrite_head(sections, classes=None, anchors=None):
         out[i - 1]['filters'] = len(sec['mask']) * (sec['classes'] + 5)
     validate_cfg(out)
     return out
+
+
+def read_names(path, nc):
+    """The first ``nc`` class names of a ``.names`` file (one a line); '0', '1', ... if the file
+    is missing or has fewer."""
+    if path and os.path.isfile(path):
+        names = [n.strip() for n in Path(path).read_text().splitlines() if n.strip()]
+        if len(names) >= nc:
+            return names[:nc]
+    return [str(i) for i in range(nc)]
 
 
 def parse_data_cfg(path):
