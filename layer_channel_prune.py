@@ -1,12 +1,25 @@
-"""layer_channel_prune.py: filled in by a later issue of the roadmap (see README.md)."""
-import argparse
-import sys
+"""Layer-channel pruning: slim pruning (--percent, --layer_keep), then layer pruning
+(--shortcuts) of the slimmed model.
+
+    python3 layer_channel_prune.py --weights runs/train/exp2/weights/last.pt --percent 0.6 --shortcuts 2
+"""
+from utils import prune_run
+from utils.prune import select_blocks
+from utils.layer_graph import LayerGraph
+import slim_prune
+
+
+def plan(run, opt):
+    channel_stages, percent = slim_prune.plan(run, opt)
+    slimmed = channel_stages[-1].model
+    blocks = select_blocks(slimmed, LayerGraph(slimmed.module_defs), opt.shortcuts)
+    print(f'Removing the residual blocks that end at (slimmed) layers {[s for s, _ in blocks]}')
+    return channel_stages + [run.stage('compact, blocks removed', model=slimmed, drop_blocks=blocks)], \
+        f'{percent}_{opt.shortcuts}'
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_known_args(argv)
-    sys.exit('layer_channel_prune.py is not implemented yet: it arrives with a later issue of the roadmap (see README.md).')
+    return prune_run.main(__doc__, 'layer_channel', plan, argv, percent=0.6, layer_keep=0.01, shortcuts=2)
 
 
 if __name__ == '__main__':

@@ -1,12 +1,22 @@
-"""layer_prune.py: filled in by a later issue of the roadmap (see README.md)."""
-import argparse
-import sys
+"""Layer pruning: remove the --shortcuts residual blocks whose closing conv has the lowest
+mean |gamma| (sparsity `--prune 2`); every route/shortcut index is re-indexed and every
+remaining tensor copied.
+
+    python3 layer_prune.py --weights runs/train/exp2/weights/last.pt --shortcuts 4
+"""
+from utils import prune_run
+from utils.prune import select_blocks
+
+
+def plan(run, opt):
+    blocks = select_blocks(run.model, run.graph, opt.shortcuts)
+    print(f'Removing the residual blocks that end at layers {[s for s, _ in blocks]}')
+    return [run.stage('masked (closing gamma = 0)', drop_blocks=blocks, masked=True),
+            run.stage('compact', drop_blocks=blocks)], opt.shortcuts
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_known_args(argv)
-    sys.exit('layer_prune.py is not implemented yet: it arrives with a later issue of the roadmap (see README.md).')
+    return prune_run.main(__doc__, 'layer', plan, argv, shortcuts=2)
 
 
 if __name__ == '__main__':

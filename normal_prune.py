@@ -1,12 +1,21 @@
-"""normal_prune.py: filled in by a later issue of the roadmap (see README.md)."""
-import argparse
-import sys
+"""Normal pruning: one global |gamma| threshold over the BN convs that touch no residual add
+(sparsity `--prune 0`); removed channels' beta is folded into their consumers.
+
+    python3 train.py -sr --s 0.001 --prune 0 --weights runs/train/exp/weights/best.pt
+    python3 normal_prune.py --weights runs/train/exp2/weights/last.pt --percent 0.5
+    python3 train.py --weights runs/prune/normal/<name>.pt            # fine-tune
+"""
+from utils import prune_run
+
+
+def plan(run, opt):
+    removed = run.threshold_plan(mode=0, percent=opt.percent)
+    return [run.stage('masked (gamma = 0)', removed=removed, masked=True),
+            run.stage('compact', removed=removed)], opt.percent
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_known_args(argv)
-    sys.exit('normal_prune.py is not implemented yet: it arrives with a later issue of the roadmap (see README.md).')
+    return prune_run.main(__doc__, 'normal', plan, argv, percent=0.5)
 
 
 if __name__ == '__main__':

@@ -1,12 +1,24 @@
-"""regular_prune.py: filled in by a later issue of the roadmap (see README.md)."""
-import argparse
-import sys
+"""Regular pruning: normal pruning's threshold and layers, with every kept channel count
+rounded up to a multiple of --channel-base (hardware-friendly widths; a layer that would
+keep none keeps --channel-base).
+
+    python3 regular_prune.py --weights runs/train/exp2/weights/last.pt --percent 0.5 --channel-base 8
+"""
+from utils import prune_run
+from utils.prune import round_up_masks
+
+
+def plan(run, opt):
+    if opt.channel_base < 1:
+        raise ValueError(f'--channel-base must be >= 1, got {opt.channel_base}')
+    removed = run.threshold_plan(mode=0, percent=opt.percent,
+                                 adjust=lambda scales, masks: round_up_masks(scales, masks, opt.channel_base))
+    return [run.stage('masked (gamma = 0)', removed=removed, masked=True),
+            run.stage('compact', removed=removed)], opt.percent
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_known_args(argv)
-    sys.exit('regular_prune.py is not implemented yet: it arrives with a later issue of the roadmap (see README.md).')
+    return prune_run.main(__doc__, 'regular', plan, argv, percent=0.5, channel_base=8)
 
 
 if __name__ == '__main__':

@@ -1,12 +1,20 @@
-"""shortcut_prune.py: filled in by a later issue of the roadmap (see README.md)."""
-import argparse
-import sys
+"""Shortcut pruning: the global threshold over every BN conv including those on residual adds
+(sparsity `--prune 1`); the convs added together by a residual stage share the mask of the
+stage's first conv.
+
+    python3 shortcut_prune.py --weights runs/train/exp2/weights/last.pt --percent 0.6
+"""
+from utils import prune_run
+
+
+def plan(run, opt):
+    removed = run.threshold_plan(mode=1, percent=opt.percent, rule='first')
+    return [run.stage('masked (gamma = 0)', removed=removed, masked=True),
+            run.stage('compact', removed=removed)], opt.percent
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_known_args(argv)
-    sys.exit('shortcut_prune.py is not implemented yet: it arrives with a later issue of the roadmap (see README.md).')
+    return prune_run.main(__doc__, 'shortcut', plan, argv, percent=0.6)
 
 
 if __name__ == '__main__':

@@ -1,12 +1,24 @@
-"""slim_prune.py: filled in by a later issue of the roadmap (see README.md)."""
-import argparse
-import sys
+"""Slim pruning: the global threshold over every BN conv including residual adds (sparsity
+`--prune 1`), at least --layer_keep of each layer kept, and a residual stage keeps the union
+of its convs' channels.
+
+    python3 slim_prune.py --weights runs/train/exp2/weights/last.pt --percent 0.8 --layer_keep 0.01
+"""
+from utils import prune_run
+from utils.prune import min_keep_masks
+
+
+def plan(run, opt):
+    if not 0 <= opt.layer_keep <= 1:
+        raise ValueError(f'--layer_keep must be in [0, 1], got {opt.layer_keep}')
+    removed = run.threshold_plan(mode=1, percent=opt.percent, rule='any', strict=True,
+                                 adjust=lambda scales, masks: min_keep_masks(scales, masks, opt.layer_keep))
+    return [run.stage('masked (gamma = 0)', removed=removed, masked=True),
+            run.stage('compact', removed=removed)], opt.percent
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.parse_known_args(argv)
-    sys.exit('slim_prune.py is not implemented yet: it arrives with a later issue of the roadmap (see README.md).')
+    return prune_run.main(__doc__, 'slim', plan, argv, percent=0.8, layer_keep=0.01)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,317 @@
+"""What every pruning script does around the engine: arguments, loading, evaluation, adaptive
+BN, latency, the report and the output files. A script supplies only its *plan*: which
+channels or blocks go (see normal_prune.py).
+
+    run = PruneRun(opt, 'normal')                       # loads --weights (and --cfg), the data
+    removed = run.threshold_plan(mode=0, percent=0.5)   # coupling groups to remove
+    run.finish([run.stage('compact', removed=removed)], amount='0.5')
+"""
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import models
+from utils.general import atomic_write_text, increment_path, user_errors
+from utils.layer_graph import LayerGraph
+from utils.parse_config import CfgError, parse_data_cfg, read_names, write_cfg
+from utils.prune import (bn_gammas, check_not_empty, compact_model, global_threshold, masked_model,
+                         max_usable_percent, removed_groups, threshold_masks)
+
+SPARSITY_MODE = {'normal': 0, 'regular': 0, 'shortcut': 1, 'slim': 1, 'layer': 2, 'layer_channel': 1}
+
+
+def prune_parser(description, percent=None, shortcuts=None, layer_keep=None, channel_base=None):
+    """The flags every pruning script shares (upstream spellings) plus the method's own."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--cfg', default='', help='model cfg (default: the cfg stored in a .pt checkpoint)')
+    p.add_argument('--data', default='data/shapes.data', help='dataset .data file (valid= for mAP, train= for '
+                   'adaptive BN)')
+    p.add_argument('--weights', required=True, help='the sparsity-trained checkpoint (.pt) or Darknet .weights')
+    if percent is not None:
+        p.add_argument('--percent', type=float, default=percent,
+                       help='share of the candidate BN scales below the global threshold (default %(default)s)')
+    if layer_keep is not None:
+        p.add_argument('--layer_keep', '--layer-keep', type=float, default=layer_keep,
+                       help='each layer keeps at least this share of its channels (default %(default)s)')
+    if shortcuts is not None:
+        p.add_argument('--shortcuts', '--shortcut', type=int, default=shortcuts,
+                       help='residual blocks to remove (default %(default)s)')
+    if channel_base is not None:
+        p.add_argument('--channel-base', type=int, default=channel_base,
+                       help='kept channel counts are multiples of this (default %(default)s)')
+    p.add_argument('--img-size', '--img_size', type=int, default=256, help='evaluation and latency size')
+    p.add_argument('--batch-size', '--batch_size', type=int, default=16, help='evaluation batch size')
+    p.add_argument('--adapt-bn', type=int, default=256, metavar='N',
+                   help='re-estimate BN statistics on N training images before saving (0 = off)')
+    p.add_argument('--latency-reps', type=int, default=30, help='timed forwards per model (batch 1, median)')
+    p.add_argument('--out', default='', help='output folder (default: a new runs/prune/<method> folder)')
+    p.add_argument('--device', default='', help="'' (auto), cpu, 0")
+    p.add_argument('--workers', type=int, default=2)
+    return p
+
+
+class Stage:
+    """One row of the report: a model and how it came about."""
+
+    def __init__(self, label, model, full_size=False):
+        self.label, self.model, self.full_size = label, model, full_size
+        self.metrics = None
+
+
+class PruneRun:
+    def __init__(self, opt, method):
+        from utils.torch_utils import select_device
+        self.opt, self.method = opt, method
+        self.device = select_device(opt.device)
+        if opt.data == 'data/shapes.data':
+            from utils.trainer import default_data
+            opt.data = default_data()
+        self.data = parse_data_cfg(opt.data)
+        for key in ('train', 'valid', 'classes'):
+            if key not in self.data:
+                raise ValueError(f'{opt.data}: no {key}= line (pruning evaluates on valid= and adapts BN on train=)')
+        self.model, names = models.load_model(opt.cfg, opt.weights, opt.img_size, self.device)
+        self.names = names or read_names(self.data.get('names'), self.model.nc)
+        self.ckpt_info = models.load_checkpoint(opt.weights) if str(opt.weights).endswith(('.pt', '.pth')) else {}
+        self.graph = LayerGraph(self.model.module_defs, self.model.in_channels)
+        self._check_sparsity()
+        self._loaders = {}
+
+    def _check_sparsity(self):
+        sparsity = self.ckpt_info.get('sparsity') if self.ckpt_info else None
+        want = SPARSITY_MODE[self.method]
+        if not sparsity:
+            print(f'WARNING: {self.opt.weights} was not sparsity-trained (no -sr); expect a large mAP drop. '
+                  f'Train with `train.py -sr --s 0.001 --prune {want}` first, or rely on --adapt-bn and fine-tuning.')
+        elif int(sparsity.get('prune', want)) != want:
+            print(f'WARNING: {self.opt.weights} was sparsity-trained with --prune {sparsity["prune"]}; '
+                  f'{self.method} pruning expects --prune {want}')
+
+    # ------------------------------------------------------------------ planning helpers
+    def scales(self, mode):
+        layers = self.graph.prune_set(mode)
+        if not layers:
+            raise ValueError(f'{self.method} pruning: this model has no candidate layers for --prune {mode}')
+        return bn_gammas(self.model, layers)
+
+    def threshold_plan(self, mode, percent, rule='any', strict=False, adjust=None):
+        """Removed coupling groups at the global ``percent`` threshold; ``adjust(masks)`` applies a
+        method's per-layer rule (rounding, floor). A percent that empties a layer is an error
+        stating the largest usable value."""
+        scales = self.scales(mode)
+
+        def plan(p):
+            masks = threshold_masks(scales, global_threshold(scales, p), strict)
+            if adjust is not None:
+                masks = adjust(scales, masks)
+            removed = removed_groups(self.graph, masks, rule)
+            check_not_empty(self.graph, removed)
+            return removed
+        try:
+            return plan(percent)
+        except ValueError as e:
+            if not 0 <= percent < 1:
+                raise
+            limit = max_usable_percent(scales, plan)
+            raise ValueError(f'--percent {percent}: {e}; with this model --percent must stay below {limit:.4f}'
+                             ) from None
+
+    def stage(self, label, model=None, removed=(), drop_blocks=(), masked=False):
+        """A report row: the compact (or, with ``masked``, the full-size masked) version of
+        ``model`` (default: the loaded model)."""
+        model = self.model if model is None else model
+        graph = self.graph if model is self.model else LayerGraph(model.module_defs, model.in_channels)
+        build = masked_model if masked else compact_model
+        return Stage(label, build(model, removed, drop_blocks, graph=graph).to(self.device).eval(), masked)
+
+    # ------------------------------------------------------------------ evaluation
+    def loader(self, split):
+        if split not in self._loaders:
+            from utils.datasets import create_dataloader
+            opt = self.opt
+            self._loaders[split] = create_dataloader(
+                self.data[split], opt.img_size, opt.batch_size, stride=32, hyp=None, augment=False,
+                rect=split == 'valid', workers=opt.workers, shuffle=split == 'train', pad=0.5 if split == 'valid'
+                else 0.0, nc=int(self.data['classes']), seed=0)[0]
+        return self._loaders[split]
+
+    def evaluate(self, model):
+        from utils.evaluation import evaluate
+        m = evaluate(model, self.loader('valid'), self.names, conf_thres=0.001, iou_thres=0.6)
+        return {'map50': float(m['map50']), 'map50_95': float(m['map50_95'])}
+
+    # ------------------------------------------------------------------ the end of every script
+    def finish(self, stages, amount):
+        opt = self.opt
+        stages = [Stage('original', self.model, True)] + list(stages)
+        final = stages[-1]
+        if opt.adapt_bn > 0:
+            adapted = copy.deepcopy(final.model)
+            adapt_bn(adapted, self.loader('train'), opt.adapt_bn)
+            stages.append(Stage(f'{final.label} + adaptive BN', adapted.eval()))
+        for s in stages:
+            print(f'\nEvaluating {s.label}')
+            s.metrics = self.evaluate(s.model)
+            s.metrics['params'] = models.count_parameters(s.model)[0]
+            s.metrics['gflops'] = models.layer_flops(s.model, opt.img_size)[1] / 1e9
+        unique = {}
+        for s in stages:  # full-size masked models run as fast as the original
+            unique.setdefault(s.model.cfg_text(), s.model)
+        print(f'\nTiming {len(unique)} architectures at {opt.img_size} px, batch 1, fused, interleaved ...')
+        times = measure_latency(list(unique.values()), opt.img_size, opt.latency_reps, self.device)
+        by_cfg = dict(zip(unique, times))
+        for s in stages:
+            s.metrics['latency_ms'] = by_cfg[s.model.cfg_text()]
+        result = stages[-1]
+        out = self._save(result.model, amount, stages)
+        print(channel_table(self.graph, result.model))
+        print(stage_table(stages))
+        print(f'\nSaved {out["cfg"]}, {out["weights"]}, {out["pt"]}\nFine-tune: python3 train.py --weights {out["pt"]}'
+              f' --data {opt.data}')
+        return stages, out
+
+    def _save(self, model, amount, stages):
+        opt = self.opt
+        out_dir = Path(opt.out) if opt.out else increment_path(Path('runs/prune') / self.method)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = f'{Path(opt.cfg or opt.weights).stem}_{self.method}_{amount}'
+        paths = {'cfg': out_dir / f'{stem}.cfg', 'weights': out_dir / f'{stem}.weights', 'pt': out_dir / f'{stem}.pt'}
+        inputs = {Path(p).resolve() for p in (opt.cfg, opt.weights) if p}
+        if any(p.resolve() in inputs for p in paths.values()):
+            raise ValueError(f'{out_dir}: writing there would overwrite an input; choose another --out')
+        others = [p for p in (*out_dir.glob('*.cfg'), *out_dir.glob('*.weights')) if p not in paths.values()]
+        if others:
+            raise ValueError(f'--out {out_dir} already holds {others[0].name}; choose an empty or new folder '
+                             '(it receives exactly one pruned cfg and weights)')
+        model = model.cpu()
+        write_cfg(model.sections, paths['cfg'])
+        models.save_weights(model, paths['weights'])
+        models.save_checkpoint(paths['pt'], model, names=list(self.names),
+                               pruning={'method': self.method, 'amount': str(amount), 'source': str(opt.weights)})
+        report = {'method': self.method, 'amount': str(amount), 'weights': str(opt.weights), 'cfg': str(opt.cfg),
+                  'data': str(opt.data), 'img_size': opt.img_size, 'adapt_bn_images': opt.adapt_bn,
+                  'stages': [{'label': s.label, **s.metrics} for s in stages],
+                  'layers': layer_rows(self.graph, model),
+                  'files': {k: str(v) for k, v in paths.items()}}
+        atomic_write_text(out_dir / 'prune_report.json', json.dumps(report, indent=2))
+        plot_channels(report['layers'], out_dir / 'channels.png', f'{self.method} {amount}')
+        return paths
+
+
+# ----------------------------------------------------------------------------- reports
+
+def layer_rows(graph, pruned):
+    """Per conv of the original model: index, channels before and after (0: layer removed)."""
+    origin = getattr(pruned, 'origin', list(range(len(pruned.module_defs))))
+    after = {old: d['filters'] for old, d in zip(origin, pruned.module_defs) if 'filters' in d}
+    return [{'layer': i, 'before': graph.out_channels[i], 'after': after.get(i, 0)}
+            for i in range(len(graph.defs)) if graph.is_conv(i)]
+
+
+def channel_table(graph, pruned):
+    rows = [r for r in layer_rows(graph, pruned) if r['after'] != r['before']]
+    lines = [f'\n{"layer":>6} {"channels":>9} {"kept":>6} {"ratio":>6}']
+    for r in rows:
+        lines.append(f'{r["layer"]:>6} {r["before"]:>9} {r["after"]:>6} {r["after"] / r["before"]:>6.2f}')
+    total_b = sum(r['before'] for r in layer_rows(graph, pruned))
+    total_a = sum(r['after'] for r in layer_rows(graph, pruned))
+    lines.append(f'{"all":>6} {total_b:>9} {total_a:>6} {total_a / max(total_b, 1):>6.2f}  '
+                 f'({len(rows)} layers changed)')
+    return '\n'.join(lines)
+
+
+def stage_table(stages):
+    head = f'\n{"model":<34} {"mAP@0.5":>8} {"mAP@.5:.95":>10} {"params":>11} {"GFLOPs":>8} {"CPU ms":>8}'
+    lines = [head]
+    for s in stages:
+        m = s.metrics
+        lines.append(f'{s.label:<34} {m["map50"]:>8.4f} {m["map50_95"]:>10.4f} {m["params"]:>11,} '
+                     f'{m["gflops"]:>8.3f} {m["latency_ms"]:>8.2f}')
+    base, last = stages[0].metrics, stages[-1].metrics
+    lines.append(f'{"final / original":<34} {last["map50"] - base["map50"]:>+8.4f} '
+                 f'{last["map50_95"] - base["map50_95"]:>+10.4f} {last["params"] / base["params"]:>11.3f} '
+                 f'{last["gflops"] / base["gflops"]:>8.3f} {last["latency_ms"] / base["latency_ms"]:>8.3f}')
+    return '\n'.join(lines)
+
+
+def plot_channels(rows, path, title):
+    from utils.plots import _new_figure, save_figure
+    fig = _new_figure((max(8, len(rows) * 0.12), 4))
+    ax = fig.subplots()
+    x = np.arange(len(rows))
+    ax.bar(x, [r['before'] for r in rows], color='lightgray', label='before')
+    ax.bar(x, [r['after'] for r in rows], color='tab:blue', label='kept')
+    ax.set(xlabel='conv layer', ylabel='channels', title=f'Channels per conv layer ({title})')
+    ax.set_xticks(x[::max(1, len(rows) // 30)], [rows[k]['layer'] for k in x[::max(1, len(rows) // 30)]])
+    ax.legend()
+    save_figure(fig, path, dpi=100)
+
+
+# ----------------------------------------------------------------------------- adaptive BN, latency
+
+def adapt_bn(model, loader, n_images):
+    """Re-estimate every BN layer's running statistics on ``n_images`` training images: train-mode
+    forwards without gradients, cumulative averages (EagleEye, ECCV 2020)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches seen
+    device = next(model.parameters()).device
+    model.train()
+    seen = 0
+    with torch.no_grad():
+        bar = tqdm(total=n_images, desc='adaptive BN', bar_format='{l_bar}{bar:10}{r_bar}')
+        while seen < n_images:
+            for imgs, *_ in loader:
+                imgs = imgs[:n_images - seen].to(device).float() / 255.0
+                model(imgs)
+                seen += len(imgs)
+                bar.update(len(imgs))
+                if seen >= n_images:
+                    break
+        bar.close()
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    return model.eval()
+
+
+def measure_latency(model_list, img_size, reps, device):
+    """Median ms of a batch-1 forward of each model (fused, channels_last, inference mode),
+    interleaved so that machine noise hits every model alike."""
+    fast = [models.optimize_for_inference(m) for m in model_list]
+    x = torch.rand(1, model_list[0].in_channels, img_size, img_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    times = [[] for _ in fast]
+
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    with torch.inference_mode():
+        for m in fast:  # warm-up
+            for _ in range(3):
+                m(x)
+        for _ in range(reps):
+            for k, m in enumerate(fast):
+                sync()
+                t0 = time.perf_counter()
+                m(x)
+                sync()
+                times[k].append(1e3 * (time.perf_counter() - t0))
+    return [statistics.median(t) for t in times]
+
+
+def main(script_doc, method, plan, argv=None, **parser_args):
+    """Entry point shared by the *_prune.py scripts: parse, plan, finish; user errors in one line."""
+    opt = prune_parser(script_doc, **parser_args).parse_args(argv)
+    with user_errors(CfgError):
+        run = PruneRun(opt, method)
+        stages, amount = plan(run, opt)
+        return run.finish(stages, amount)
