@@ -47,14 +47,14 @@ def run(opt):
     from utils.nms import non_max_suppression
     from utils.plots import colors
     from utils.torch_utils import select_device
-    from utils.trainer import _read_names
+    from utils.parse_config import read_names
     src = str(opt.source)
     is_stream = src.isnumeric() or src.lower().startswith(('rtsp://', 'rtmp://', 'http://', 'https://'))
     if not is_stream and not any(ch in src for ch in '*?') and not Path(src).exists():
         raise FileNotFoundError(f'--source {src} does not exist')  # before the (slow) model load
     device = select_device(opt.device)
     model, ckpt_names = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
-    names = _read_names(opt.names, model.nc) if opt.names or not ckpt_names else ckpt_names
+    names = read_names(opt.names, model.nc) if opt.names or not ckpt_names else ckpt_names
     fast = models.optimize_for_inference(model, compile=opt.compile)
     dataset = LoadStreams(src, img_size=opt.img_size) if is_stream else LoadImages(src, img_size=opt.img_size)
     save_dir = increment_path(Path(opt.project) / opt.name)

@@ -50,14 +50,15 @@ def run(opt):
     from utils.general import increment_path
     from utils.parse_config import parse_data_cfg
     from utils.torch_utils import select_device
-    from utils.trainer import _read_names, default_data
+    from utils.datasets import default_data
+    from utils.parse_config import read_names
     device = select_device(opt.device)
     sizes = [opt.img_size] if opt.task != 'study' else study_sizes(opt)
     if opt.data == 'data/shapes.data':
         opt.data = default_data()
     data = parse_data_cfg(opt.data)
     nc = 1 if opt.single_cls else int(data['classes'])
-    names = _read_names(data.get('names'), nc)
+    names = read_names(data.get('names'), nc)
     model, _ = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
     if model.nc != nc and not opt.single_cls:
         raise ValueError(f'the model has {model.nc} classes, {opt.data} has {nc}')

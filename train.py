@@ -104,7 +104,8 @@ def add_features(trainer):
 def main(argv=None):
     opt = parse_args(argv)
     from utils.general import user_errors
-    from utils.trainer import Trainer, default_data, resume_options
+    from utils.datasets import default_data
+    from utils.trainer import Trainer, resume_options
     with user_errors(FloatingPointError):
         if opt.resume:
             opt = resume_options(opt, defaults=parse_args([]))

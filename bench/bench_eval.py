@@ -11,7 +11,7 @@ the objectness biases are shifted (bisection on the first batch) until the mean 
 close to what a yolov3-tiny-shapes checkpoint trained to mAP@0.5 0.44 emits at 416 (~570);
 ``--candidates 0`` keeps the raw random head (worst case: all ~2500 boxes x 5 classes).
 
-Data: the shapes val set (utils.trainer.default_data(), generated on first use), loaded once up
+Data: the shapes val set (utils.datasets.default_data(), generated on first use), loaded once up
 front so disk/decoding is not timed. Timed per batch: inference (model forward), NMS, metric
 accumulation (boxes mapped back to the original images + Evaluator.update), and once at the end
 Evaluator.compute() (matching/AP over the whole set), charged to the metrics. Prints ms/image for
@@ -33,7 +33,7 @@ from utils.evaluation import scale_to_original  # noqa: E402
 from utils.metrics import Evaluator  # noqa: E402
 from utils.nms import non_max_suppression, xywh2xyxy  # noqa: E402
 from utils.parse_config import parse_cfg, parse_data_cfg, rewrite_head, write_cfg  # noqa: E402
-from utils.trainer import default_data  # noqa: E402
+from utils.datasets import default_data  # noqa: E402
 
 
 def build_model(cfg, nc, img_size):

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 from utils.parse_config import parse_cfg, parse_data_cfg, rewrite_head, write_cfg  # noqa: E402
-from utils.trainer import Trainer, default_data  # noqa: E402
+from utils.datasets import default_data  # noqa: E402
+from utils.trainer import Trainer  # noqa: E402
 
 
 def parse_args(argv=None):

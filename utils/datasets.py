@@ -808,3 +808,14 @@ class LoadStreams:
 
     def __len__(self):
         return 0  # unknown: live sources have no length
+
+
+def default_data():
+    """The built-in shapes dataset, generated on first use."""
+    import importlib.util
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location('shapes', root / 'data' / 'shapes.py')
+    shapes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shapes)
+    return str(shapes.ensure_shapes(str(root / 'data' / 'shapes')))
+

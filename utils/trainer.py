@@ -59,7 +59,7 @@ import models
 from utils.general import atomic_save, atomic_write_text, increment_path
 from utils.loss import YOLOLoss
 from utils.metrics import fitness
-from utils.parse_config import parse_data_cfg
+from utils.parse_config import parse_data_cfg, read_names
 from utils.torch_utils import (ModelEMA, de_parallel, init_seeds, rng_states, select_device, set_rng_states,
                                world_info)
 
@@ -174,7 +174,7 @@ class Trainer:
         data = parse_data_cfg(opt.data)
         data_nc = int(data['classes'])  # labels are checked against the dataset's classes, then merged
         self.nc = 1 if opt.single_cls else data_nc
-        self.names = _read_names(data.get('names'), self.nc)
+        self.names = read_names(data.get('names'), self.nc)
         self.img_min, self.img_max, self.img_test = opt.img_size
         self.multi_scale = opt.multi_scale or self.img_min != self.img_max
         self.batch = opt.batch_size // self.world_size
@@ -518,14 +518,6 @@ class Trainer:
             pass
 
 
-def _read_names(path, nc):
-    if path and os.path.isfile(path):
-        names = [n.strip() for n in Path(path).read_text().splitlines() if n.strip()]
-        if len(names) >= nc:
-            return names[:nc]
-    return [str(i) for i in range(nc)]
-
-
 def _init_head_biases(model):
     """Objectness bias -4.5 (few objects per image), class bias log(0.6/(nc-0.99)): stable early training."""
     with torch.no_grad():
@@ -580,13 +572,3 @@ def resume_options(opt, defaults):
     if (run_dir / 'hyp.yaml').is_file():
         saved.hyp = str(run_dir / 'hyp.yaml')
     return saved
-
-
-def default_data():
-    """The built-in shapes dataset, generated on first use."""
-    import importlib.util
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location('shapes', root / 'data' / 'shapes.py')
-    shapes = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shapes)
-    return str(shapes.ensure_shapes(str(root / 'data' / 'shapes')))
