@@ -9,6 +9,7 @@ channels or blocks go (see normal_prune.py).
 import argparse
 import copy
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -71,13 +72,15 @@ class PruneRun:
         self.opt, self.method = opt, method
         self.device = select_device(opt.device)
         if opt.data == 'data/shapes.data':
-            from utils.trainer import default_data
+            from utils.datasets import default_data
             opt.data = default_data()
         self.data = parse_data_cfg(opt.data)
         for key in ('train', 'valid', 'classes'):
             if key not in self.data:
                 raise ValueError(f'{opt.data}: no {key}= line (pruning evaluates on valid= and adapts BN on train=)')
         self.model, names = models.load_model(opt.cfg, opt.weights, opt.img_size, self.device)
+        if self.model.nc != int(self.data['classes']):
+            raise ValueError(f'the model has {self.model.nc} classes, {opt.data} has {self.data["classes"]}')
         self.names = names or read_names(self.data.get('names'), self.model.nc)
         self.ckpt_info = models.load_checkpoint(opt.weights) if str(opt.weights).endswith(('.pt', '.pth')) else {}
         self.graph = LayerGraph(self.model.module_defs, self.model.in_channels)
@@ -119,7 +122,7 @@ class PruneRun:
         except ValueError as e:
             if not 0 <= percent < 1:
                 raise
-            limit = max_usable_percent(scales, plan)
+            limit = math.floor(max_usable_percent(scales, plan) * 1e4) / 1e4  # rounded down: every value below works
             raise ValueError(f'--percent {percent}: {e}; with this model --percent must stay below {limit:.4f}'
                              ) from None
 
@@ -150,6 +153,7 @@ class PruneRun:
     # ------------------------------------------------------------------ the end of every script
     def finish(self, stages, amount):
         opt = self.opt
+        out_dir, paths = self._out_paths(amount)  # before the minutes of evaluation: a bad --out fails now
         stages = [Stage('original', self.model, True)] + list(stages)
         final = stages[-1]
         if opt.adapt_bn > 0:
@@ -170,17 +174,18 @@ class PruneRun:
         for s in stages:
             s.metrics['latency_ms'] = by_cfg[s.model.cfg_text()]
         result = stages[-1]
-        out = self._save(result.model, amount, stages)
+        out = self._save(result.model, amount, stages, out_dir, paths)
         print(channel_table(self.graph, result.model))
         print(stage_table(stages))
         print(f'\nSaved {out["cfg"]}, {out["weights"]}, {out["pt"]}\nFine-tune: python3 train.py --weights {out["pt"]}'
               f' --data {opt.data}')
         return stages, out
 
-    def _save(self, model, amount, stages):
+    def _out_paths(self, amount):
+        """The output folder and the cfg/weights/pt paths; ValueError if they would overwrite an
+        input or join another pruned model's files. Creates nothing."""
         opt = self.opt
-        out_dir = Path(opt.out) if opt.out else increment_path(Path('runs/prune') / self.method)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = Path(opt.out) if opt.out else increment_path(Path('runs/prune') / self.method, mkdir=False)
         stem = f'{Path(opt.cfg or opt.weights).stem}_{self.method}_{amount}'
         paths = {'cfg': out_dir / f'{stem}.cfg', 'weights': out_dir / f'{stem}.weights', 'pt': out_dir / f'{stem}.pt'}
         inputs = {Path(p).resolve() for p in (opt.cfg, opt.weights) if p}
@@ -190,6 +195,11 @@ class PruneRun:
         if others:
             raise ValueError(f'--out {out_dir} already holds {others[0].name}; choose an empty or new folder '
                              '(it receives exactly one pruned cfg and weights)')
+        return out_dir, paths
+
+    def _save(self, model, amount, stages, out_dir, paths):
+        opt = self.opt
+        out_dir.mkdir(parents=True, exist_ok=True)
         model = model.cpu()
         write_cfg(model.sections, paths['cfg'])
         models.save_weights(model, paths['weights'])
