@@ -13,7 +13,7 @@ def plan(run, opt):
     channel_stages, percent = slim_prune.plan(run, opt)
     slimmed = channel_stages[-1].model
     blocks = select_blocks(slimmed, LayerGraph(slimmed.module_defs, slimmed.in_channels), opt.shortcuts)
-    print(f'Removing the residual blocks that end at (slimmed) layers {[s for s, _ in blocks]}')
+    print(f'Removing the residual blocks that end at layers {[s for s, _ in blocks]}')
     return channel_stages + [run.stage('compact, blocks removed', model=slimmed, drop_blocks=blocks)], \
         f'{percent}_{opt.shortcuts}'
 

@@ -199,16 +199,27 @@ def test_compact_equals_masked_when_pruned_beta_is_zero_and_adapt_bn_off(tmp_pat
 
 
 def test_sparsity_warnings(tmp_path, tiny_data, ckpt, capsys, monkeypatch):
-    """No 'sparsity' entry, or one for another --prune mode: a warning; the matching mode: none."""
+    """No 'sparsity' entry, or one whose penalised set misses layers the method cuts: a warning;
+    --prune 1 covers normal (--prune 0) and shortcut: none."""
     monkeypatch.setattr(prune_run.PruneRun, 'finish', lambda self, stages, amount: (stages, amount))  # plan only
     plain = save_ckpt(tmp_path / 'plain.pt', 'cfg/yolov3-mini-shapes.cfg', tiny_data, sparsity=None)
     common = ['--data', tiny_data, *FAST, '--out', str(tmp_path / 'out')]
     normal_prune.main(['--weights', plain, *common])
     assert f'WARNING: {plain} was not sparsity-trained (no -sr)' in capsys.readouterr().out
     normal_prune.main(['--weights', ckpt[0], *common])
-    assert 'was sparsity-trained with --prune 1; normal pruning expects --prune 0' in capsys.readouterr().out
+    assert 'WARNING' not in capsys.readouterr().out
     shortcut_prune.main(['--weights', ckpt[0], *common])
     assert 'WARNING' not in capsys.readouterr().out
+    mode0 = save_ckpt(tmp_path / 'mode0.pt', 'cfg/yolov3-mini-shapes.cfg', tiny_data,
+                      sparsity={**SPARSITY, 'prune': 0})
+    shortcut_prune.main(['--weights', mode0, *common])
+    assert 'was sparsity-trained with --prune 0, which leaves some of the layers shortcut pruning cuts ' \
+           'unpenalised; it expects --prune 1' in capsys.readouterr().out
+    dark = tmp_path / 'mini.weights'  # Darknet weights with their cfg: they record nothing about sparsity
+    models.save_weights(models.model_from_checkpoint(plain)[0], dark)
+    stages, _ = layer_prune.main(['--weights', str(dark), '--cfg', 'cfg/yolov3-mini-shapes.cfg', *common])
+    assert 'NOTE: Darknet .weights do not record sparsity training' in capsys.readouterr().out
+    assert stages[-1].model.module_defs != models.Darknet('cfg/yolov3-mini-shapes.cfg').module_defs
     assert not (tmp_path / 'out').exists()
 
 

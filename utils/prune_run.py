@@ -84,18 +84,22 @@ class PruneRun:
         self.names = names or read_names(self.data.get('names'), self.model.nc)
         self.ckpt_info = models.load_checkpoint(opt.weights) if str(opt.weights).endswith(('.pt', '.pth')) else {}
         self.graph = LayerGraph(self.model.module_defs, self.model.in_channels)
-        self._check_sparsity()
         self._loaders = {}
+        self._check_sparsity()
 
     def _check_sparsity(self):
         sparsity = self.ckpt_info.get('sparsity') if self.ckpt_info else None
         want = SPARSITY_MODE[self.method]
-        if not sparsity:
+        if not self.ckpt_info:
+            print(f'NOTE: Darknet .weights do not record sparsity training; {self.method} pruning expects a model '
+                  f'trained with `train.py -sr --prune {want}`')
+        elif not sparsity:
             print(f'WARNING: {self.opt.weights} was not sparsity-trained (no -sr); expect a large mAP drop. '
                   f'Train with `train.py -sr --s 0.001 --prune {want}` first, or rely on --adapt-bn and fine-tuning.')
-        elif int(sparsity.get('prune', want)) != want:
-            print(f'WARNING: {self.opt.weights} was sparsity-trained with --prune {sparsity["prune"]}; '
-                  f'{self.method} pruning expects --prune {want}')
+        elif not set(self.graph.prune_set(want)) <= set(self.graph.prune_set(int(sparsity.get('prune', want)))):
+            # --prune 1 penalises everything --prune 0 and 2 do, so it serves every method
+            print(f'WARNING: {self.opt.weights} was sparsity-trained with --prune {sparsity["prune"]}, which leaves '
+                  f'some of the layers {self.method} pruning cuts unpenalised; it expects --prune {want}')
 
     # ------------------------------------------------------------------ planning helpers
     def scales(self, mode):
@@ -155,12 +159,13 @@ class PruneRun:
         opt = self.opt
         out_dir, paths = self._out_paths(amount)  # before the minutes of evaluation: a bad --out fails now
         stages = [Stage('original', self.model, True)] + list(stages)
-        final = stages[-1]
+        adapted = None
         if opt.adapt_bn > 0:
-            adapted = copy.deepcopy(final.model)
-            adapt_bn(adapted, self.loader('train'), opt.adapt_bn)
-            stages.append(Stage(f'{final.label} + adaptive BN', adapted.eval()))
+            adapted = copy.deepcopy(stages[-1].model)
+            stages.append(Stage(f'{stages[-1].label} + adaptive BN', adapted))
         for s in stages:
+            if s.model is adapted:  # here, so the log reads in table order
+                adapt_bn(adapted, self.loader('train'), opt.adapt_bn)
             print(f'\nEvaluating {s.label}')
             s.metrics = self.evaluate(s.model)
             s.metrics['params'] = models.count_parameters(s.model)[0]
@@ -248,6 +253,8 @@ def stage_table(stages):
     lines.append(f'{"final / original":<34} {last["map50"] - base["map50"]:>+8.4f} '
                  f'{last["map50_95"] - base["map50_95"]:>+10.4f} {last["params"] / base["params"]:>11.3f} '
                  f'{last["gflops"] / base["gflops"]:>8.3f} {last["latency_ms"] / base["latency_ms"]:>8.3f}')
+    if any(s.full_size for s in stages[1:]):
+        lines.append('* full size (pruned scales set to 0): it runs as fast as the original')
     return '\n'.join(lines)
 
 
