@@ -1,0 +1,183 @@
+"""The pruning workflow measured end to end on the built-in dataset: baseline -> BN-sparsity
+training -> each method at a few amounts -> fine-tuning with one budget, with the unpruned
+model fine-tuned on the same budget as the reference.
+
+    python3 bench/bench_prune.py                          # default model, shapes (resumable)
+    python3 bench/bench_prune.py --base runs/train/exp/weights/best.pt --sr-epochs 10 --ft-epochs 5
+    python3 bench/bench_prune.py --plans slim:0.8 slim:0.9 layer_channel:0.8:3
+
+Every stage runs the real command lines (train.py, *_prune.py) into --out/<stage>; a stage
+whose output exists is skipped, so an interrupted run continues where it stopped. One
+sparsity run (``--prune 1``) serves every method: its penalised set contains those of
+``--prune 0`` (normal, regular) and ``--prune 2`` (layer). Writes --out/results.md and
+results.json: parameters, GFLOPs, mAP@0.5 and mAP@0.5:0.95 right after pruning (with
+adaptive BN) and after fine-tuning, and batch-1 CPU latency measured by the pruning
+script (fused, interleaved with the original, median).
+"""
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = {'normal': 'normal_prune.py', 'regular': 'regular_prune.py', 'shortcut': 'shortcut_prune.py',
+           'slim': 'slim_prune.py', 'layer': 'layer_prune.py', 'layer_channel': 'layer_channel_prune.py'}
+# normal and shortcut pruning stop where a layer would lose every channel (0.35 on the sparse
+# default model); slim's --layer_keep floor and regular's base let them go further
+DEFAULT_PLANS = ['normal:0.35', 'regular:0.5', 'shortcut:0.35', 'slim:0.7', 'slim:0.8', 'layer:3',
+                 'layer_channel:0.7:3']
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--cfg', default='cfg/yolov3-mini-shapes.cfg')
+    p.add_argument('--data', default='data/shapes.data')
+    p.add_argument('--base', default='', help='trained baseline .pt (default: train one with train.py defaults)')
+    p.add_argument('--base-epochs', type=int, default=10)
+    p.add_argument('--sr-epochs', type=int, default=10)
+    p.add_argument('--s', type=float, default=0.01, help='sparsity lambda (0.01 for the Adam shapes recipe; upstream\'s '
+                   'SGD recipes use 0.001 over many more epochs)')
+    p.add_argument('--ft-epochs', type=int, default=5, help='fine-tuning budget of every pruned model')
+    p.add_argument('--plans', nargs='+', default=DEFAULT_PLANS,
+                   help='method:percent (layer: method:shortcuts; layer_channel: method:percent:shortcuts)')
+    p.add_argument('--img-size', type=int, default=256)
+    p.add_argument('--out', default='runs/bench_prune')
+    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--latency-reps', type=int, default=60, help='interleaved batch-1 forwards per model')
+    return p.parse_args(argv)
+
+
+def run(cmd, log):
+    print('$', ' '.join(map(str, cmd)), flush=True)
+    t0 = time.time()
+    with open(log, 'w') as f:
+        rc = subprocess.call([sys.executable, *map(str, cmd)], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if rc:
+        raise SystemExit(f'failed ({rc}): see {log}')
+    return time.time() - t0
+
+
+def last_row(results_csv):
+    rows = list(csv.DictReader(open(results_csv)))
+    return {k: float(v) for k, v in rows[-1].items()}
+
+
+def train(out, name, args, extra):
+    """train.py into out/name (skipped when its best.pt exists); returns (best.pt, final results row)."""
+    run_dir = out / name
+    best = run_dir / 'weights' / 'best.pt'
+    if not best.is_file():
+        run(['train.py', '--data', args.data, '--img-size', args.img_size, '--workers', args.workers,
+             '--project', out, '--name', name, *extra], out / f'{name}.log')
+        if not best.is_file():  # increment_path picked another folder: a stale partial run
+            raise SystemExit(f'{best} missing: remove {run_dir}* and rerun')
+    return best, last_row(run_dir / 'results.csv')
+
+
+def prune(out, sparse, plan, args):
+    method, *amounts = plan.split(':')
+    if method not in SCRIPTS:
+        raise SystemExit(f'unknown method {method!r} in --plans {plan}')
+    stage = out / f'prune_{plan.replace(":", "_")}'
+    report = stage / 'prune_report.json'
+    if not report.is_file():
+        if method == 'layer':
+            flags = ['--shortcuts', amounts[0]]
+        elif method == 'layer_channel':
+            flags = ['--percent', amounts[0], '--shortcuts', amounts[1]]
+        else:
+            flags = ['--percent', amounts[0]]
+        run([SCRIPTS[method], '--weights', sparse, '--data', args.data, '--img-size', args.img_size,
+             '--out', stage, *flags], out / f'prune_{plan.replace(":", "_")}.log')
+    return json.loads(report.read_text())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = ROOT / out
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    base = args.base
+    if not base:
+        base, _ = train(out, 'baseline', args, ['--cfg', args.cfg, '--epochs', args.base_epochs])
+    sparse, sr_row = train(out, 'sparsity', args, ['--weights', base, '--epochs', args.sr_epochs, '-sr', '--s',
+                                                    args.s, '--prune', 1])
+    _, ref_row = train(out, 'finetune_unpruned', args, ['--weights', base, '--epochs', args.ft_epochs])
+    rows = []
+    for plan in args.plans:
+        report = prune(out, sparse, plan, args)
+        stages = {s['label']: s for s in report['stages']}
+        original, final = report['stages'][0], report['stages'][-1]
+        pruned_pt = report['files']['pt']
+        _, ft_row = train(out, f'finetune_{plan.replace(":", "_")}', args,
+                          ['--weights', pruned_pt, '--epochs', args.ft_epochs])
+        compact = next(s for s in report['stages'] if s['label'].startswith('compact'))
+        rows.append({'plan': plan, 'params': final['params'], 'params_removed': 1 - final['params'] / original['params'],
+                     'gflops': final['gflops'], 'flop_ratio': original['gflops'] / final['gflops'],
+                     'map50_pruned': compact['map50'], 'map50_adapted': final['map50'],
+                     'map50_95_adapted': final['map50_95'], 'map50_ft': ft_row['mAP@0.5'],
+                     'map50_95_ft': ft_row['mAP@0.5:0.95'], 'latency_ms': final['latency_ms'],
+                     'speedup': original['latency_ms'] / final['latency_ms'], 'stages': list(stages),
+                     'pt': pruned_pt})
+        write(out, args, original, sr_row, ref_row, rows, time.time() - t_start)
+    time_all(sparse, rows, args)
+    write(out, args, original, sr_row, ref_row, rows, time.time() - t_start)
+    print((out / 'results.md').read_text())
+
+
+def time_all(sparse, rows, args):
+    """Every pruned model and the unpruned one timed together in one interleaved run (batch 1,
+    fused), so the speed-ups share the machine's conditions; replaces the per-script figures."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+    import models
+    from utils.prune_run import measure_latency
+    nets = [models.model_from_checkpoint(sparse)[0]] + [models.model_from_checkpoint(r['pt'])[0] for r in rows]
+    print(f'Timing {len(nets)} models together ...', flush=True)
+    ms = measure_latency([n.eval() for n in nets], args.img_size, args.latency_reps, torch.device('cpu'))
+    for r, t in zip(rows, ms[1:]):
+        r.update(latency_ms=t, speedup=ms[0] / t)
+    args.original_ms = ms[0]
+
+
+def torch_threads():
+    import torch
+    return torch.get_num_threads()
+
+
+def write(out, args, original, sr_row, ref_row, rows, seconds):
+    base_csv = Path(args.base).resolve().parent.parent / 'results.csv' if args.base else out / 'baseline' / 'results.csv'
+    base = last_row(base_csv) if base_csv.is_file() else None
+    lines = [f'# Pruning benchmark: {args.cfg} on {Path(args.data).name} at {args.img_size} px',
+             '',
+             f'Baseline: mAP@0.5 {base["mAP@0.5"]:.3f}, mAP@0.5:0.95 {base["mAP@0.5:0.95"]:.3f}.' if base else '',
+             f'Sparse model (`-sr --s {args.s} --prune 1`, {args.sr_epochs} epochs from the baseline): '
+             f'mAP@0.5 {sr_row["mAP@0.5"]:.3f}, mAP@0.5:0.95 {sr_row["mAP@0.5:0.95"]:.3f}, '
+             f'{original["params"]:,} parameters, {original["gflops"]:.3f} GFLOPs, {original["latency_ms"]:.2f} ms. '
+             f'Unpruned baseline fine-tuned {args.ft_epochs} epochs (the reference): mAP@0.5 '
+             f'{ref_row["mAP@0.5"]:.3f}, mAP@0.5:0.95 {ref_row["mAP@0.5:0.95"]:.3f}.',
+             '',
+             '| plan | params | removed | GFLOPs | FLOPs ÷ | mAP@0.5 pruned | + adaptive BN | fine-tuned '
+             f'({args.ft_epochs} ep) | mAP@0.5:0.95 fine-tuned | CPU ms | speed-up | speed-up / FLOP ÷ |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f'| {r["plan"]} | {r["params"]:,} | {100 * r["params_removed"]:.1f}% | {r["gflops"]:.3f} | '
+                     f'{r["flop_ratio"]:.2f}x | {r["map50_pruned"]:.3f} | {r["map50_adapted"]:.3f} | '
+                     f'{r["map50_ft"]:.3f} | {r["map50_95_ft"]:.3f} | {r["latency_ms"]:.2f} | {r["speedup"]:.2f}x | '
+                     f'{r["speedup"] / r["flop_ratio"]:.0%} |')
+    timing = (f'all models timed together, {args.latency_reps} interleaved runs each (unpruned: '
+              f'{args.original_ms:.2f} ms)' if hasattr(args, 'original_ms') else 'by each pruning script')
+    lines += ['', f'Total time {seconds / 60:.1f} min. CPU latency: batch 1, BN fused, channels_last, median, '
+              f'{timing}; {torch_threads()} threads.']
+    (out / 'results.md').write_text('\n'.join(lines) + '\n')
+    (out / 'results.json').write_text(json.dumps({'args': vars(args), 'sparse': sr_row, 'reference': ref_row,
+                                                  'original': original, 'rows': rows}, indent=2, default=str))
+
+
+if __name__ == '__main__':
+    main()
