@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {'normal': 'normal_prune.py', 'regular': 'regular_prune.py', 'shortcut': 'shortcut_prune.py',
            'slim': 'slim_prune.py', 'layer': 'layer_prune.py', 'layer_channel': 'layer_channel_prune.py'}
-# normal and shortcut pruning stop where a layer would lose every channel (0.35 on the sparse
-# default model); slim's --layer_keep floor and regular's base let them go further
-DEFAULT_PLANS = ['normal:0.35', 'regular:0.5', 'shortcut:0.35', 'slim:0.7', 'slim:0.8', 'layer:3',
-                 'layer_channel:0.7:3']
+# normal and shortcut pruning stop where a layer would lose every channel (0.56 on the sparse
+# default model); slim's --layer_keep floor (k0.2 = 20% of every layer) spreads the cut
+DEFAULT_PLANS = ['normal:0.55', 'regular:0.5', 'shortcut:0.55', 'slim:0.7', 'slim:0.76:k0.2', 'slim:0.9:k0.3',
+                 'layer:3', 'layer_channel:0.76:2:k0.2']
 
 
 def parse_args(argv=None):
@@ -38,11 +38,12 @@ def parse_args(argv=None):
     p.add_argument('--base', default='', help='trained baseline .pt (default: train one with train.py defaults)')
     p.add_argument('--base-epochs', type=int, default=10)
     p.add_argument('--sr-epochs', type=int, default=10)
-    p.add_argument('--s', type=float, default=0.01, help='sparsity lambda (0.01 for the Adam shapes recipe; upstream\'s '
-                   'SGD recipes use 0.001 over many more epochs)')
+    p.add_argument('--s', type=float, default=0.05, help='sparsity lambda (0.05 for the Adam shapes recipe in 10 '
+                   'epochs; upstream\'s SGD recipes use 0.001 over many more epochs)')
     p.add_argument('--ft-epochs', type=int, default=5, help='fine-tuning budget of every pruned model')
     p.add_argument('--plans', nargs='+', default=DEFAULT_PLANS,
-                   help='method:percent (layer: method:shortcuts; layer_channel: method:percent:shortcuts)')
+                   help='method:percent (layer: method:shortcuts; layer_channel: method:percent:shortcuts); '
+                        'a last :kF sets slim / layer_channel --layer_keep F')
     p.add_argument('--img-size', type=int, default=256)
     p.add_argument('--out', default='runs/bench_prune')
     p.add_argument('--workers', type=int, default=2)
@@ -79,6 +80,8 @@ def train(out, name, args, extra):
 
 def prune(out, sparse, plan, args):
     method, *amounts = plan.split(':')
+    keep = [a[1:] for a in amounts if a.startswith('k')]  # slim / layer_channel: k<layer_keep>
+    amounts = [a for a in amounts if not a.startswith('k')]
     if method not in SCRIPTS:
         raise SystemExit(f'unknown method {method!r} in --plans {plan}')
     stage = out / f'prune_{plan.replace(":", "_")}'
@@ -90,6 +93,8 @@ def prune(out, sparse, plan, args):
             flags = ['--percent', amounts[0], '--shortcuts', amounts[1]]
         else:
             flags = ['--percent', amounts[0]]
+        if keep:
+            flags += ['--layer_keep', keep[0]]
         run([SCRIPTS[method], '--weights', sparse, '--data', args.data, '--img-size', args.img_size,
              '--out', stage, *flags], out / f'prune_{plan.replace(":", "_")}.log')
     return json.loads(report.read_text())

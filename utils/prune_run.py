@@ -243,14 +243,15 @@ def channel_table(graph, pruned):
 
 
 def stage_table(stages):
-    head = f'\n{"model":<34} {"mAP@0.5":>8} {"mAP@.5:.95":>10} {"params":>11} {"GFLOPs":>8} {"CPU ms":>8}'
+    head = f'\n{"model":<40} {"mAP@0.5":>8} {"mAP@.5:.95":>10} {"params":>11} {"GFLOPs":>8} {"CPU ms":>9}'
     lines = [head]
-    for s in stages:
+    for k, s in enumerate(stages):
         m = s.metrics
-        lines.append(f'{s.label:<34} {m["map50"]:>8.4f} {m["map50_95"]:>10.4f} {m["params"]:>11,} '
-                     f'{m["gflops"]:>8.3f} {m["latency_ms"]:>8.2f}')
+        same = '*' if s.full_size and k else ' '  # a full-size masked model runs as the original does
+        lines.append(f'{s.label:<40} {m["map50"]:>8.4f} {m["map50_95"]:>10.4f} {m["params"]:>11,} '
+                     f'{m["gflops"]:>8.3f} {m["latency_ms"]:>8.2f}{same}')
     base, last = stages[0].metrics, stages[-1].metrics
-    lines.append(f'{"final / original":<34} {last["map50"] - base["map50"]:>+8.4f} '
+    lines.append(f'{"final / original":<40} {last["map50"] - base["map50"]:>+8.4f} '
                  f'{last["map50_95"] - base["map50_95"]:>+10.4f} {last["params"] / base["params"]:>11.3f} '
                  f'{last["gflops"] / base["gflops"]:>8.3f} {last["latency_ms"] / base["latency_ms"]:>8.3f}')
     if any(s.full_size for s in stages[1:]):
