@@ -1,6 +1,6 @@
 """Detect objects in images, folders, globs, videos, webcams and streams.
 
-    python3 detect.py --weights runs/train/exp/weights/best.pt --source data/samples
+    python3 detect.py --weights runs/train/exp/weights/best.pt      # the built-in shapes validation images
     python3 detect.py --cfg cfg/yolov3.cfg --weights weights/yolov3.weights --names data/coco.names --source video.mp4
 
 Annotated images and videos (same fps and size as the input) go to a new run folder
@@ -21,7 +21,8 @@ def parse_args(argv=None):
     p.add_argument('--cfg', default='', help='model cfg (default: the cfg stored in a .pt checkpoint)')
     p.add_argument('--names', default='', help='.names file (default: class indices)')
     p.add_argument('--weights', required=True, help='.pt checkpoint or Darknet .weights')
-    p.add_argument('--source', default='data/samples', help='image, folder, glob, video, .txt list, webcam index, URL')
+    p.add_argument('--source', default='', help='image, folder, glob, video, .txt list, webcam index, URL '
+                   '(default: the built-in shapes validation images)')
     p.add_argument('--output', '--project', dest='project', default='runs/detect', help='parent of run folders')
     p.add_argument('--name', default='exp')
     p.add_argument('--img-size', '--img_size', type=int, default=416)
@@ -38,6 +39,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def default_source():
+    """The built-in dataset's validation image list (generated on first use)."""
+    from utils.datasets import default_data
+    from utils.parse_config import parse_data_cfg
+    return parse_data_cfg(default_data(), required=('valid',))['valid']
+
+
 def run(opt):
     import models
     from tqdm import tqdm
@@ -48,7 +56,7 @@ def run(opt):
     from utils.plots import colors
     from utils.torch_utils import select_device
     from utils.parse_config import read_names
-    src = str(opt.source)
+    src = default_source() if not opt.source else str(opt.source)
     is_stream = src.isnumeric() or src.lower().startswith(('rtsp://', 'rtmp://', 'http://', 'https://'))
     if not is_stream and not any(ch in src for ch in '*?') and not Path(src).exists():
         raise FileNotFoundError(f'--source {src} does not exist')  # before the (slow) model load

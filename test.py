@@ -56,7 +56,7 @@ def run(opt):
     sizes = [opt.img_size] if opt.task != 'study' else study_sizes(opt)
     if opt.data == 'data/shapes.data':
         opt.data = default_data()
-    data = parse_data_cfg(opt.data)
+    data = parse_data_cfg(opt.data, required=('valid', 'classes'))
     nc = 1 if opt.single_cls else int(data['classes'])
     names = read_names(data.get('names'), nc)
     model, _ = models.load_model(opt.cfg, opt.weights, opt.img_size, device)

@@ -2,7 +2,7 @@
 
     python3 bench/bench_loader.py [--data data/shapes.data] [--img-size 416] [--batch 8]
                                   [--workers 2] [--batches 30] [--model-steps 5]
-                                  [--cfg /work/shared/darknet-cfg/yolov3-tiny.cfg]
+                                  [--cfg cfg/yolov3-tiny.cfg]
                                   [--n-labels 100000] [--device cpu]
 
 1. loader: images/s of the training loader (mosaic, default hyp, ``--workers`` workers) at
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from utils.datasets import create_dataloader, load_labels, list_images  # noqa: E402
 
-DEFAULT_CFG = '/work/shared/darknet-cfg/yolov3-tiny.cfg'
+DEFAULT_CFG = str(ROOT / 'cfg' / 'yolov3-tiny.cfg')  # the original Darknet cfg, as shipped
 
 
 def parse_args(argv=None):

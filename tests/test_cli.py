@@ -385,3 +385,33 @@ def test_test_py_single_cls_keeps_every_label(tmp_path, tiny_data, oracle):
     map50, map50_95 = coco_eval(gt, rows)
     assert metrics['map50'] == pytest.approx(map50, abs=0.002) and map50 > 0.3
     assert metrics['map50_95'] == pytest.approx(map50_95, abs=0.002)
+
+
+def test_test_py_data_without_valid_is_one_clear_line(tmp_path):
+    import test as testpy
+    data = tmp_path / 'novalid.data'
+    data.write_text('classes = 5\ntrain = train.txt\n')
+    with pytest.raises(SystemExit) as e:  # was a KeyError traceback
+        testpy.main(['--data', str(data), '--weights', '', '--project', str(tmp_path / 'runs')])
+    msg = str(e.value.code)
+    assert msg.startswith('error: ') and str(data) in msg and 'no valid= line' in msg and '\n' not in msg, msg
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_detect_default_source_exists():
+    """`python3 detect.py --weights best.pt` with no --source runs on the built-in validation images
+    (the old default, data/samples, did not exist)."""
+    import detect
+    assert detect.parse_args(['--weights', 'x.pt']).source == ''
+    src = Path(detect.default_source())
+    assert src.is_file() and src.read_text().split()
+
+
+def test_no_absolute_paths_of_a_machine_in_the_tree():
+    tracked = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip('not a git checkout')
+    roots = ['/' + d + '/' for d in ('work', 'root', 'home')]  # spelled so that this file does not match
+    bad = [f for f in tracked if f.endswith(('.py', '.sh', '.txt', '.yaml', '.cfg', '.data'))
+           and any(r in (ROOT / f).read_text(errors='replace') for r in roots)]
+    assert not bad, bad

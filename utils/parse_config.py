@@ -456,11 +456,12 @@ def read_names(path, nc):
     return [str(i) for i in range(nc)]
 
 
-def parse_data_cfg(path):
+def parse_data_cfg(path, required=()):
     """Read a ``.data`` file (``key = value`` lines) into a dict; ``classes`` as int.
 
     Relative ``train``/``valid``/``names`` paths are resolved against the working
-    directory first, then the ``.data`` file's folder.
+    directory first, then the ``.data`` file's folder. A key of ``required`` that the file
+    lacks is a ValueError naming the file and the line to add.
     """
     path = str(path)
     if not os.path.isfile(path) and os.path.isfile(os.path.join('data', path)):
@@ -481,6 +482,11 @@ def parse_data_cfg(path):
             options['classes'] = int(options['classes'])
         except ValueError:
             raise ValueError(f'{path}: classes = {options["classes"]!r} is not an integer') from None
+    missing = [k for k in required if k not in options]
+    if missing:
+        raise ValueError(f'{path}: no {missing[0]}= line; add `{missing[0]} = ...` ('
+                         + {'valid': 'the validation image list or folder', 'train': 'the training image list or folder',
+                            'classes': 'the number of classes'}.get(missing[0], 'see data/shapes.data') + ')')
     base = os.path.dirname(os.path.abspath(path))
     for key in ('train', 'valid', 'test', 'names', 'hyp'):
         if key in options and not os.path.exists(options[key]):

@@ -74,10 +74,7 @@ class PruneRun:
         if opt.data == 'data/shapes.data':
             from utils.datasets import default_data
             opt.data = default_data()
-        self.data = parse_data_cfg(opt.data)
-        for key in ('train', 'valid', 'classes'):
-            if key not in self.data:
-                raise ValueError(f'{opt.data}: no {key}= line (pruning evaluates on valid= and adapts BN on train=)')
+        self.data = parse_data_cfg(opt.data, required=('valid', 'classes', 'train'))  # mAP; adaptive BN
         self.model, names = models.load_model(opt.cfg, opt.weights, opt.img_size, self.device)
         if self.model.nc != int(self.data['classes']):
             raise ValueError(f'the model has {self.model.nc} classes, {opt.data} has {self.data["classes"]}')
