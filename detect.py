@@ -61,8 +61,8 @@ def run(opt):
     if not is_stream and not any(ch in src for ch in '*?') and not Path(src).exists():
         raise FileNotFoundError(f'--source {src} does not exist')  # before the (slow) model load
     device = select_device(opt.device)
-    model, ckpt_names = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
-    names = read_names(opt.names, model.nc) if opt.names or not ckpt_names else ckpt_names
+    model, ckpt = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
+    names = read_names(opt.names, model.nc) if opt.names or not ckpt.get('names') else ckpt['names']
     fast = models.optimize_for_inference(model, compile=opt.compile)
     dataset = LoadStreams(src, img_size=opt.img_size) if is_stream else LoadImages(src, img_size=opt.img_size)
     save_dir = increment_path(Path(opt.project) / opt.name)

@@ -639,8 +639,8 @@ def load_model(cfg, weights, img_size=416, device='cpu'):
     """An eval-mode model for test.py/detect.py: built from ``cfg``, or from the cfg a ``.pt``
     checkpoint carries when ``cfg`` is empty, with ``weights`` (.pt or Darknet) loaded; the
     checkpoint is read once. Weights that do not fit ``cfg`` (another shape, or tensors the
-    cfg needs and the checkpoint lacks) are an error. Returns (model, class names stored in
-    the checkpoint or None)."""
+    cfg needs and the checkpoint lacks) are an error. Returns (model, the checkpoint's entries
+    other than its state dict: names, sparsity, ... ({} for Darknet weights))."""
     weights = str(weights or '')
     if weights and not os.path.isfile(weights):
         raise FileNotFoundError(f'--weights {weights} not found')
@@ -657,7 +657,7 @@ def load_model(cfg, weights, img_size=416, device='cpu'):
         missing = [k for k in model.state_dict() if k not in loaded]
         if missing:
             raise ValueError(f'{weights}: has no tensor for {len(missing)} entries of the cfg, e.g. {missing[:3]}')
-    return model.to(device).eval(), ckpt.get('names') if ckpt else None
+    return model.to(device).eval(), {k: v for k, v in (ckpt or {}).items() if k != 'model'}
 
 
 def convert(cfg, src, dst):

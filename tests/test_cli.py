@@ -301,7 +301,7 @@ def oracle(monkeypatch):
 
     monkeypatch.setattr(utils.datasets, 'create_dataloader', spy)
     model = NoisyOracle(seen)
-    monkeypatch.setattr(models, 'load_model', lambda *a, **k: (model, None))
+    monkeypatch.setattr(models, 'load_model', lambda *a, **k: (model, {}))
     return testpy
 
 

@@ -26,18 +26,18 @@ import torch
 
 import models
 from utils.layer_graph import IMAGE, LayerGraph
+from utils.sparsity import bn_scales
 
 __all__ = ['bn_gammas', 'global_threshold', 'threshold_masks', 'round_up_masks', 'min_keep_masks',
            'removed_groups', 'layer_keep_masks', 'check_not_empty', 'max_usable_percent', 'masked_model',
-           'compact_model', 'layer_candidates', 'select_blocks', 'kept_channels']
+           'compact_model', 'layer_candidates', 'select_blocks']
 
 
 # ----------------------------------------------------------------------------- masks
 
 def bn_gammas(model, layers):
     """{layer: |gamma| (float CPU tensor [C])} of the BN layers ``layers``."""
-    model = models.unwrap(model)
-    return {i: model.module_list[i].BatchNorm2d.weight.detach().abs().float().cpu() for i in layers}
+    return {i: g.detach().abs().float().cpu() for i, g in zip(layers, bn_scales(model, layers))}
 
 
 def global_threshold(scales, percent):
@@ -110,13 +110,6 @@ def layer_keep_masks(graph, removed):
             if not keep.all():
                 out[i] = torch.from_numpy(keep)
     return out
-
-
-def kept_channels(graph, removed):
-    """{conv layer: (channels before, channels after)} for every conv."""
-    masks = layer_keep_masks(graph, removed)
-    return {i: (graph.out_channels[i], int(masks[i].sum()) if i in masks else graph.out_channels[i])
-            for i in range(len(graph.defs)) if graph.is_conv(i)}
 
 
 def check_not_empty(graph, removed):
@@ -199,14 +192,11 @@ def masked_model(model, removed=(), drop_blocks=(), graph=None):
     return out
 
 
-def _const_activation(name, x):
-    return models.make_activation(name)(x.clone())
-
-
 def _bn_constant(model, i):
     """act(beta) of layer i: what its channels output when their BN scale is 0."""
     block = model.module_list[i]
-    return _const_activation(model.module_defs[i]['activation'], block.BatchNorm2d.bias.detach().double().cpu())
+    beta = block.BatchNorm2d.bias.detach().double().cpu().clone()  # a copy: activations run in place
+    return models.make_activation(model.module_defs[i]['activation'])(beta)
 
 
 def compact_model(model, removed=(), drop_blocks=(), graph=None):

@@ -75,11 +75,10 @@ class PruneRun:
             from utils.datasets import default_data
             opt.data = default_data()
         self.data = parse_data_cfg(opt.data, required=('valid', 'classes', 'train'))  # mAP; adaptive BN
-        self.model, names = models.load_model(opt.cfg, opt.weights, opt.img_size, self.device)
+        self.model, self.ckpt_info = models.load_model(opt.cfg, opt.weights, opt.img_size, self.device)
         if self.model.nc != int(self.data['classes']):
             raise ValueError(f'the model has {self.model.nc} classes, {opt.data} has {self.data["classes"]}')
-        self.names = names or read_names(self.data.get('names'), self.model.nc)
-        self.ckpt_info = models.load_checkpoint(opt.weights) if str(opt.weights).endswith(('.pt', '.pth')) else {}
+        self.names = self.ckpt_info.get('names') or read_names(self.data.get('names'), self.model.nc)
         self.graph = LayerGraph(self.model.module_defs, self.model.in_channels)
         self._loaders = {}
         self._check_sparsity()
@@ -228,12 +227,13 @@ def layer_rows(graph, pruned):
 
 
 def channel_table(graph, pruned):
-    rows = [r for r in layer_rows(graph, pruned) if r['after'] != r['before']]
+    all_rows = layer_rows(graph, pruned)
+    rows = [r for r in all_rows if r['after'] != r['before']]
     lines = [f'\n{"layer":>6} {"channels":>9} {"kept":>6} {"ratio":>6}']
     for r in rows:
         lines.append(f'{r["layer"]:>6} {r["before"]:>9} {r["after"]:>6} {r["after"] / r["before"]:>6.2f}')
-    total_b = sum(r['before'] for r in layer_rows(graph, pruned))
-    total_a = sum(r['after'] for r in layer_rows(graph, pruned))
+    total_b = sum(r['before'] for r in all_rows)
+    total_a = sum(r['after'] for r in all_rows)
     lines.append(f'{"all":>6} {total_b:>9} {total_a:>6} {total_a / max(total_b, 1):>6.2f}  '
                  f'({len(rows)} layers changed)')
     return '\n'.join(lines)
