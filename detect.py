@@ -36,6 +36,9 @@ def parse_args(argv=None):
     p.add_argument('--agnostic-nms', action='store_true')
     p.add_argument('--augment', action='store_true', help='test-time augmentation')
     p.add_argument('--compile', action='store_true', help='torch.compile the model (faster after a slow start)')
+    p.add_argument('--data', default='data/shapes.data', help='.data file whose train images --calib uses')
+    from utils.quant import add_quant_args
+    add_quant_args(p)
     return p.parse_args(argv)
 
 
@@ -61,7 +64,12 @@ def run(opt):
     if not is_stream and not any(ch in src for ch in '*?') and not Path(src).exists():
         raise FileNotFoundError(f'--source {src} does not exist')  # before the (slow) model load
     device = select_device(opt.device)
-    model, ckpt = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
+    from utils.quant import prepare_for_inference, spec_from_opt
+    model, ckpt = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=spec_from_opt(opt))
+    if opt.calib and opt.data == 'data/shapes.data':
+        from utils.datasets import default_data
+        opt.data = default_data()
+    prepare_for_inference(model, opt, device)
     names = read_names(opt.names, model.nc) if opt.names or not ckpt.get('names') else ckpt['names']
     fast = models.optimize_for_inference(model, compile=opt.compile)
     dataset = LoadStreams(src, img_size=opt.img_size) if is_stream else LoadImages(src, img_size=opt.img_size)

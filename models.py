@@ -55,7 +55,10 @@ def make_activation(name):
 
 class ConvBlock(nn.Sequential):
     """Conv2d -> [BatchNorm2d] -> activation. The ``Conv2d`` child may be replaced by any
-    module with the same call signature (a quantized conv, a fused conv)."""
+    module with the same call signature (a fused conv); utils.quant.QuantConvBlock is a
+    ConvBlock whose BN belongs to its quantized weight (``fusable`` False)."""
+
+    fusable = True
 
     def __init__(self, in_ch, d):
         super().__init__()
@@ -365,7 +368,7 @@ class Darknet(nn.Module):
     def fuse(self):
         """Fold every BatchNorm into its conv (inference only; outputs unchanged to ~1e-6)."""
         for block in self.module_list:
-            if isinstance(block, ConvBlock) and hasattr(block, 'BatchNorm2d'):
+            if isinstance(block, ConvBlock) and hasattr(block, 'BatchNorm2d') and block.fusable:
                 block.Conv2d = fuse_conv_and_bn(block.Conv2d, block.BatchNorm2d)
                 del block.BatchNorm2d
         self.fused = True
@@ -625,22 +628,37 @@ def load_weights(model, path, cutoff=-1, pretrain=False):
     return load_darknet_weights(model, path, cutoff=cutoff, pretrain=pretrain)
 
 
+def quantize_as_saved(model, ckpt, source, requested=None):
+    """``model`` quantized as checkpoint entries ``ckpt`` record (key ``quant``), or as
+    ``requested`` (a utils.quant.QuantSpec) when the checkpoint is float; a request that
+    contradicts the checkpoint is an error. Float in, float out when neither asks."""
+    if not (ckpt or {}).get('quant') and requested is None:
+        return model
+    from utils.quant import ckpt_spec, quantize_model, resolve_spec
+    spec = resolve_spec(requested, ckpt_spec(ckpt, source), source)
+    return quantize_model(model, spec)
+
+
 def model_from_checkpoint(path, img_size=416):
-    """Build the model described by a self-describing checkpoint and load its weights."""
+    """Build the model described by a self-describing checkpoint (quantized if it was) and
+    load its weights."""
     ckpt = load_checkpoint(path)
     if not ckpt.get('cfg'):
         raise ValueError(f'{path}: checkpoint has no cfg text; build the model from its cfg and use load_weights')
-    model = Darknet(ckpt['cfg'], img_size=img_size)
+    model = quantize_as_saved(Darknet(ckpt['cfg'], img_size=img_size), ckpt, path)
     model.load_state_dict(ckpt['model'])
     return model, ckpt
 
 
-def load_model(cfg, weights, img_size=416, device='cpu'):
+def load_model(cfg, weights, img_size=416, device='cpu', quant=None):
     """An eval-mode model for test.py/detect.py: built from ``cfg``, or from the cfg a ``.pt``
     checkpoint carries when ``cfg`` is empty, with ``weights`` (.pt or Darknet) loaded; the
     checkpoint is read once. Weights that do not fit ``cfg`` (another shape, or tensors the
-    cfg needs and the checkpoint lacks) are an error. Returns (model, the checkpoint's entries
-    other than its state dict: names, sparsity, ... ({} for Darknet weights))."""
+    cfg needs and the checkpoint lacks) are an error. A checkpoint of a quantization-aware
+    run rebuilds its quantized model; ``quant`` (a QuantSpec) quantizes a float one (its
+    activation ranges then need utils.quant.calibrate) and must agree with a quantized one.
+    Returns (model, the checkpoint's entries other than its state dict: names, sparsity,
+    quant ... ({} for Darknet weights))."""
     weights = str(weights or '')
     if weights and not os.path.isfile(weights):
         raise FileNotFoundError(f'--weights {weights} not found')
@@ -650,13 +668,20 @@ def load_model(cfg, weights, img_size=416, device='cpu'):
     model = Darknet(cfg or ckpt['cfg'], img_size=img_size)
     if ckpt is None and weights:
         load_darknet_weights(model, weights)
+        model = quantize_as_saved(model, None, weights, quant)
     elif ckpt is None:
         print('WARNING: no --weights: evaluating random weights')
+        model = quantize_as_saved(model, None, weights, quant)
     else:  # evaluating a model with some layers left random would report a meaningless mAP
+        saved_quant = bool(ckpt.get('quant'))
+        if saved_quant:  # its state dict holds the quantizers' state: build them first
+            model = quantize_as_saved(model, ckpt, weights, quant)
         loaded, _ = load_state_dict_matching(model, ckpt['model'], weights)
         missing = [k for k in model.state_dict() if k not in loaded]
         if missing:
             raise ValueError(f'{weights}: has no tensor for {len(missing)} entries of the cfg, e.g. {missing[:3]}')
+        if not saved_quant:
+            model = quantize_as_saved(model, ckpt, weights, quant)
     return model.to(device).eval(), {k: v for k, v in (ckpt or {}).items() if k != 'model'}
 
 

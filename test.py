@@ -3,6 +3,7 @@
     python3 test.py --cfg cfg/yolov3.cfg --data data/coco2017.data --weights weights/yolov3.weights
     python3 test.py --weights runs/train/exp/weights/best.pt          # cfg and data from the checkpoint/default
     python3 test.py ... --task speed | study
+    python3 test.py --weights best.pt --quantized 1 --calib 64        # post-training 8-bit quantization
 
 Writes metrics.json, PR/F1 curves, confusion matrix and validation batch images into
 runs/test/<name>. ``run(...)`` is the same as a function.
@@ -31,6 +32,8 @@ def parse_args(argv=None):
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--project', default='runs/test')
     p.add_argument('--name', default='exp')
+    from utils.quant import add_quant_args
+    add_quant_args(p)
     return p.parse_args(argv)
 
 
@@ -59,7 +62,9 @@ def run(opt):
     data = parse_data_cfg(opt.data, required=('valid', 'classes'))
     nc = 1 if opt.single_cls else int(data['classes'])
     names = read_names(data.get('names'), nc)
-    model, _ = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
+    from utils.quant import prepare_for_inference, spec_from_opt
+    model, _ = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=spec_from_opt(opt))
+    prepare_for_inference(model, opt, device)
     if model.nc != nc and not opt.single_cls:
         raise ValueError(f'the model has {model.nc} classes, {opt.data} has {nc}')
     model.fuse()

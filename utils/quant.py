@@ -1,0 +1,479 @@
+"""Quantization-aware convolutions (fake quantization) for Darknet models.
+
+    spec = QuantSpec('google', a_bits=8, w_bits=8, bn_fold=True, fpga=True)
+    model = quantize_model(model, spec)     # every [convolutional]/[depthwise] block, in place
+    calibrate(model, batches)               # post-training: observe activation ranges
+    spec_of(model)                          # the spec a quantized model was built with
+
+What is quantized: each conv block's *input* activation (per tensor) and its weight (per
+output channel, or per tensor with ``fpga``); with ``fpga`` also the (BN-folded) bias. Routes,
+shortcuts, pools, upsampling, activations, SE blocks and the YOLO decode stay float, as in
+upstream (§7 of the spec); depthwise convs are quantized too (upstream silently left them
+float). The quantized block keeps the float block's child names (``Conv2d``, ``BatchNorm2d``,
+``activation``), so float ``.pt``/``.weights`` load into it and Darknet ``.weights`` written
+from it hold the float shadow weights.
+
+Schemes (``--quantized``):
+  1 Google/TFLite (Jacob et al. 2018): weights symmetric, signed, per output channel
+    (scale = max|w| / (2^(b-1) - 1)); activations asymmetric, unsigned [0, 2^b - 1] with a
+    zero point, from a moving average (momentum 0.1) of batch min/max.
+    ``fpga``: everything symmetric and per tensor, every scale an exact power of two (the
+    smallest 2^-n that holds the range), bias quantized to ``w_bits`` with its own 2^-n scale,
+    so all rescaling in hardware is a bit shift. Requires ``bn_fold`` (an FPGA has no BN unit).
+  2 DoReFa (Zhou et al. 2016): weights w = m (2 round(u (2^b-1)) / (2^b-1) - 1), u = tanh(W) /
+    (2 m) + 1/2, m = max|tanh W|; activations clipped to [0, alpha] and quantized uniformly
+    (alpha = 1 for the image, 10 elsewhere). Upstream dropped m and pre-scaled activations by
+    0.1 without undoing it, which breaks convs without BN (the heads); both are fixed here.
+``bn_fold``: BN folded into the conv weight during training, with batch statistics until the
+freeze point, running statistics after it and in eval (Jacob et al. 2018, §3.2).
+Observers move in training (and during ``calibrate``) and are frozen in eval (upstream moved
+them during testing). 32 bits = identity.
+
+Activations use ``torch.fake_quantize_per_tensor_affine`` and Google weights
+``torch.fake_quantize_per_channel_affine``: straight-through gradients inside the clip range,
+zero outside, and the ONNX exporter turns them into QuantizeLinear/DequantizeLinear pairs.
+"""
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models import ConvBlock
+
+BITS = (2, 4, 8, 16, 32)
+SCHEMES = {1: 'google', 2: 'dorefa'}
+EMA_MOMENTUM = 0.1  # activation observer: range <- 0.9 range + 0.1 batch range (first batch copied)
+DOREFA_ALPHA = 10.0  # clip of DoReFa activations (upstream's 0.1 pre-scale, undone)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    scheme: str = 'google'  # 'google' | 'dorefa'
+    a_bits: int = 8
+    w_bits: int = 8
+    bn_fold: bool = False
+    fpga: bool = False
+    bn_freeze: float = 0.9  # fraction of the optimizer steps after which BN folding uses running stats
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES.values():
+            raise ValueError(f'quantization scheme {self.scheme!r}: expected one of {sorted(SCHEMES.values())}')
+        for name in ('a_bits', 'w_bits'):
+            if getattr(self, name) not in BITS:
+                raise ValueError(f'--{name.replace("_", "-")[:5]} {getattr(self, name)}: expected one of {BITS}')
+        if self.fpga and self.scheme != 'google':
+            raise ValueError('--FPGA is a variant of --quantized 1 (Google); DoReFa has no power-of-two form')
+        if self.fpga and not self.bn_fold:
+            raise ValueError('--FPGA needs --BN_Fold: the hardware has no BatchNorm unit, so BN must be folded '
+                             'into the quantized weights and bias')
+        if not 0.0 <= self.bn_freeze <= 1.0:
+            raise ValueError(f'--bn-freeze {self.bn_freeze}: expected a fraction of the training in [0, 1]')
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d, source='checkpoint'):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f'{source}: unknown quantization settings {unknown} (saved by a newer version?)')
+        return cls(**d)
+
+    def describe(self):
+        name = {'google': 'Google', 'dorefa': 'DoReFa'}[self.scheme]
+        extras = ' + BN fold' * self.bn_fold + ' + FPGA (power-of-two scales)' * self.fpga
+        return f'{name} a{self.a_bits}/w{self.w_bits}{extras}'
+
+    def differences(self, other):
+        """['a_bits 8 != 4', ...]: the settings (apart from the training-only bn_freeze) that differ."""
+        return [f'{f.name} {getattr(self, f.name)} != {getattr(other, f.name)}' for f in fields(self)
+                if f.name != 'bn_freeze' and getattr(self, f.name) != getattr(other, f.name)]
+
+
+# ----------------------------------------------------------------------------- quantizer arithmetic
+
+def pow2_scale(amax, qmax):
+    """The smallest power of two s with amax / s <= qmax (amax: tensor >= 0)."""
+    return torch.exp2(torch.ceil(torch.log2(amax.clamp_min(1e-12) / qmax)))
+
+
+def weight_qparams(w, bits, per_channel=True, pow2=False):
+    """Symmetric signed quantization of a weight (or bias) tensor: (scale [C] or [], zero
+    point int32 like scale, qmin, qmax). Range [-2^(b-1), 2^(b-1)-1]; max|w| maps to
+    2^(b-1)-1 (pow2: to at most that), so -2^(b-1) is never used (a symmetric grid)."""
+    qmax = 2 ** (bits - 1) - 1
+    w = w.detach()
+    amax = w.abs().flatten(1).amax(1) if per_channel and w.ndim > 1 else w.abs().amax()
+    scale = pow2_scale(amax, qmax) if pow2 else (amax / qmax).clamp_min(1e-12)
+    return scale.float(), torch.zeros_like(scale, dtype=torch.int32), -qmax - 1, qmax
+
+
+def fake_quant_weight(w, bits, per_channel=True, pow2=False):
+    """Quantize-dequantize ``w`` [out, in/g, k, k] (or a bias [out]) with STE gradients."""
+    if bits >= 32:
+        return w
+    scale, zp, qmin, qmax = weight_qparams(w, bits, per_channel, pow2)
+    if scale.ndim == 1:
+        return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, qmin, qmax)
+    return torch.fake_quantize_per_tensor_affine(w, scale, zp, qmin, qmax)
+
+
+def dorefa_weight_codes(w, bits):
+    """DoReFa weight grid: (unsigned codes round(u (2^b-1)) with STE, m = max|tanh w|); the
+    weight is m (2 codes / (2^b-1) - 1)."""
+    t = torch.tanh(w)
+    m = t.detach().abs().max().clamp_min(1e-12)
+    levels = 2 ** bits - 1
+    u = (t / (2 * m) + 0.5) * levels
+    return u + (torch.round(u) - u).detach(), m
+
+
+def fake_quant_dorefa_weight(w, bits):
+    if bits >= 32:
+        return w
+    codes, m = dorefa_weight_codes(w, bits)
+    return m * (2 * codes / (2 ** bits - 1) - 1)
+
+
+class ActQuant(nn.Module):
+    """Per-tensor activation quantizer with a min/max observer.
+
+    Buffers ``lo``/``hi``: the observed range (equal = nothing observed yet). The range moves
+    in training mode (moving average) and while ``calibrating`` (running min/max over all
+    calibration batches); in eval it is frozen. ``mode``: 'affine' (unsigned, zero point),
+    'pow2' (signed, symmetric, scale 2^-n) or 'dorefa' (unsigned, fixed clip [0, alpha])."""
+
+    def __init__(self, bits, mode='affine', alpha=DOREFA_ALPHA, layer=None):
+        super().__init__()
+        self.bits, self.mode, self.alpha, self.layer = bits, mode, alpha, layer
+        self.calibrating = False
+        self.register_buffer('lo', torch.zeros(()))
+        self.register_buffer('hi', torch.zeros(()))
+
+    def extra_repr(self):
+        return f'bits={self.bits}, mode={self.mode}'
+
+    @property
+    def observed(self):
+        return bool(self.hi > self.lo) or self.mode == 'dorefa'
+
+    @torch.no_grad()
+    def observe(self, x):
+        lo, hi = x.min().float(), x.max().float()
+        if not bool(self.hi > self.lo):  # first observation: copy
+            self.lo.copy_(lo)
+            self.hi.copy_(hi)
+        elif self.calibrating:
+            self.lo.copy_(torch.minimum(self.lo, lo))
+            self.hi.copy_(torch.maximum(self.hi, hi))
+        else:
+            self.lo.lerp_(lo, EMA_MOMENTUM)
+            self.hi.lerp_(hi, EMA_MOMENTUM)
+
+    def qparams(self):
+        """(scale [] float, zero point [] int32, qmin, qmax) for the current range."""
+        b = self.bits
+        device = self.lo.device
+        if self.mode == 'dorefa':
+            qmax = 2 ** b - 1
+            return (torch.tensor(self.alpha / qmax, device=device), torch.zeros((), dtype=torch.int32, device=device),
+                    0, qmax)
+        if self.mode == 'pow2':
+            qmax = 2 ** (b - 1) - 1
+            scale = pow2_scale(torch.maximum(self.lo.abs(), self.hi.abs()), qmax)
+            return scale, torch.zeros((), dtype=torch.int32, device=device), -qmax - 1, qmax
+        qmax = 2 ** b - 1  # affine: the range must hold 0 exactly (zero padding, ReLU zeros)
+        lo, hi = self.lo.clamp(max=0.0), self.hi.clamp(min=0.0)
+        scale = ((hi - lo) / qmax).clamp_min(1e-12)
+        zp = torch.round(-lo / scale).clamp(0, qmax).to(torch.int32)
+        return scale, zp, 0, qmax
+
+    def forward(self, x):
+        if self.bits >= 32:
+            return x
+        if self.training or self.calibrating:
+            if self.mode != 'dorefa':
+                self.observe(x)
+        elif not self.observed:
+            where = f'layer {self.layer}' if self.layer is not None else 'an activation quantizer'
+            raise RuntimeError(f'{where} has no activation range yet: calibrate the model first '
+                               '(--calib N images) or train it with quantization')
+        scale, zp, qmin, qmax = self.qparams()
+        return torch.fake_quantize_per_tensor_affine(x, scale, zp, qmin, qmax)
+
+
+# ----------------------------------------------------------------------------- the quantized block
+
+def _conv(x, weight, bias, conv):
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class QuantConvBlock(ConvBlock):
+    """A quantized Darknet conv block: input quantizer -> conv with quantized weight (BN
+    folded in with ``spec.bn_fold``, else a float BN after it) -> activation.
+
+    Children keep the float block's names (``Conv2d``, ``BatchNorm2d``, ``activation``) plus
+    ``act_quant``; buffer ``bn_frozen`` (bn_fold) switches the training fold to running
+    statistics and is saved with the model, so ``--resume`` continues exactly."""
+
+    fusable = False  # models.Darknet.fuse leaves it alone: its BN belongs to the quantized weight
+
+    def __init__(self, block, spec, first=False, layer=None):
+        nn.Sequential.__init__(self)  # adopts ``block``'s modules instead of building new ones
+        self.spec = spec
+        self.add_module('Conv2d', block.Conv2d)
+        if hasattr(block, 'BatchNorm2d'):
+            self.add_module('BatchNorm2d', block.BatchNorm2d)
+        self.add_module('activation', block.activation)
+        mode = 'dorefa' if spec.scheme == 'dorefa' else 'pow2' if spec.fpga else 'affine'
+        self.add_module('act_quant', ActQuant(spec.a_bits, mode, alpha=1.0 if first else DOREFA_ALPHA, layer=layer))
+        self.fold = spec.bn_fold and hasattr(self, 'BatchNorm2d')
+        if self.fold:
+            self.register_buffer('bn_frozen', torch.zeros((), dtype=torch.bool))
+
+    def quant_weight(self, w):
+        s = self.spec
+        if s.scheme == 'dorefa':
+            return fake_quant_dorefa_weight(w, s.w_bits)
+        return fake_quant_weight(w, s.w_bits, per_channel=not s.fpga, pow2=s.fpga)
+
+    def quant_bias(self, b):
+        """Only ``fpga`` quantizes the bias (w_bits, its own 2^-n scale); otherwise it stays
+        float here and becomes int32 at the accumulator's scale on integer export."""
+        if b is None or not self.spec.fpga:
+            return b
+        return fake_quant_weight(b, self.spec.w_bits, per_channel=False, pow2=True)
+
+    def folded(self, mean=None, var=None):
+        """(weight, bias) with BN folded in, from ``mean``/``var`` (default: running stats)."""
+        conv, bn = self.Conv2d, self.BatchNorm2d
+        mean = bn.running_mean if mean is None else mean
+        var = bn.running_var if var is None else var
+        inv_std = bn.weight / torch.sqrt(var + bn.eps)
+        weight = conv.weight * inv_std.view(-1, 1, 1, 1)
+        bias = bn.bias - mean * inv_std
+        if conv.bias is not None:
+            bias = bias + conv.bias * inv_std
+        return weight, bias
+
+    def forward(self, x):
+        x = self.act_quant(x)
+        conv = self.Conv2d
+        if not self.fold:
+            y = _conv(x, self.quant_weight(conv.weight), self.quant_bias(conv.bias), conv)
+            if hasattr(self, 'BatchNorm2d'):
+                y = self.BatchNorm2d(y)
+            return self.activation(y)
+        if self.training and not bool(self.bn_frozen):
+            mean, var = self._batch_stats(x)
+            weight, bias = self.folded(mean, var)
+        else:
+            weight, bias = self.folded()
+        return self.activation(_conv(x, self.quant_weight(weight), self.quant_bias(bias), conv))
+
+    def _batch_stats(self, x):
+        """Per-channel mean/var of the float conv output over (N, H, W); updates the BN's
+        running statistics like BatchNorm2d does (unbiased variance, its momentum)."""
+        conv, bn = self.Conv2d, self.BatchNorm2d
+        y = _conv(x, conv.weight, conv.bias, conv)
+        var, mean = torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
+        with torch.no_grad():
+            n = y.numel() / y.shape[1]
+            bn.running_mean.lerp_(mean.detach(), bn.momentum)
+            bn.running_var.lerp_(var.detach() * n / max(n - 1, 1), bn.momentum)
+            bn.num_batches_tracked.add_(1)
+        return mean, var
+
+
+# ----------------------------------------------------------------------------- whole models
+
+def quant_blocks(model):
+    """[(layer index, QuantConvBlock)] of a model."""
+    return [(i, m) for i, m in enumerate(model.module_list) if isinstance(m, QuantConvBlock)]
+
+
+def spec_of(model):
+    """The QuantSpec a model was quantized with, or None for a float model."""
+    blocks = quant_blocks(model)
+    return blocks[0][1].spec if blocks else None
+
+
+def quantize_model(model, spec):
+    """Replace every conv block of a (float, unfused) Darknet model by a QuantConvBlock, in
+    place; returns the model. Its state dict keeps the float keys and adds the observers'."""
+    if spec_of(model) is not None:
+        raise ValueError('the model is already quantized')
+    if getattr(model, 'fused', False):
+        raise ValueError('the model is fused (BatchNorm folded for inference): quantize the unfused model')
+    in_ch = getattr(model, 'in_channels', 3)
+    for i, block in enumerate(model.module_list):
+        if isinstance(block, ConvBlock):
+            first = i == 0 and block.Conv2d.in_channels == in_ch
+            model.module_list[i] = QuantConvBlock(block, spec, first=first, layer=i)
+    return model
+
+
+def resolve_spec(requested, saved, source):
+    """The spec to build: ``saved`` (a checkpoint's) unless the command line asked for one
+    that contradicts it, which is an error naming the differences."""
+    if requested is not None and saved is not None and requested.differences(saved):
+        raise ValueError(f'{source} was trained with quantization {saved.describe()}, but the command line asks '
+                         f'for {requested.describe()} ({", ".join(requested.differences(saved))}); leave the '
+                         'quantization flags out to use the checkpoint\'s')
+    return saved if saved is not None else requested
+
+
+def ckpt_spec(entries, source='checkpoint'):
+    """QuantSpec stored in a checkpoint's entries (key ``quant``), or None."""
+    d = (entries or {}).get('quant')
+    return QuantSpec.from_dict(d, source) if d else None
+
+
+@torch.no_grad()
+def calibrate(model, batches, n_images):
+    """Post-training quantization: run ``n_images`` images (``batches`` yields float [B,3,H,W]
+    in [0, 1]) through the eval-mode model with every observer recording its running
+    min/max. BN statistics are not touched."""
+    quantizers = [m for m in model.modules() if isinstance(m, ActQuant)]
+    if not quantizers:
+        raise ValueError('--calib: the model has no quantizers (add --quantized 1 or 2)')
+    model.eval()
+    for q in quantizers:
+        q.lo.zero_()
+        q.hi.zero_()
+        q.calibrating = True
+    seen = 0
+    try:
+        for imgs in batches:
+            model(imgs[:n_images - seen])
+            seen += min(len(imgs), n_images - seen)
+            if seen >= n_images:
+                break
+    finally:
+        for q in quantizers:
+            q.calibrating = False
+    if seen == 0:
+        raise ValueError('--calib: no calibration images')
+    return seen
+
+
+# ----------------------------------------------------------------------------- CLI and training
+
+def add_quant_args(parser, train=False):
+    g = parser.add_argument_group('quantization (utils/quant.py)')
+    g.add_argument('--quantized', type=int, default=None, choices=[0, 1, 2],
+                   help='0 float, 1 Google/TFLite fake quantization, 2 DoReFa (default: what the checkpoint says)')
+    g.add_argument('--a-bit', '--a_bit', dest='a_bit', type=int, default=None, choices=BITS,
+                   help='activation bits (default 8; 32 = float)')
+    g.add_argument('--w-bit', '--w_bit', dest='w_bit', type=int, default=None, choices=BITS,
+                   help='weight bits (default 8; 32 = float)')
+    g.add_argument('--BN_Fold', '--bn-fold', dest='bn_fold', action='store_true',
+                   help='fold BatchNorm into the quantized conv (batch statistics in training)')
+    g.add_argument('--FPGA', '--fpga', dest='fpga', action='store_true',
+                   help='power-of-two scales and a quantized bias (needs --BN_Fold)')
+    if train:
+        g.add_argument('--bn-freeze', type=float, default=0.9,
+                       help='--BN_Fold: fraction of the optimizer steps after which the fold uses running statistics')
+    else:
+        g.add_argument('--calib', type=int, default=0, metavar='N',
+                       help='post-training quantization: calibrate the activation ranges on N training images')
+    return g
+
+
+def spec_from_opt(opt):
+    """QuantSpec asked for on the command line, or None (no --quantized, or --quantized 0).
+    Bit or fold flags without --quantized are an error rather than a silent float run."""
+    if not opt.quantized:
+        given = [f for f, v in (('--a-bit', opt.a_bit), ('--w-bit', opt.w_bit), ('--BN_Fold', opt.bn_fold),
+                                ('--FPGA', opt.fpga)) if v]
+        if given and opt.quantized is None:
+            raise ValueError(f'{" ".join(given)}: only used by quantization, which is off; add --quantized 1 or 2')
+        if given:
+            raise ValueError(f'{" ".join(given)} contradict --quantized 0')
+        return None
+    return QuantSpec(SCHEMES[opt.quantized], a_bits=opt.a_bit or 8, w_bits=opt.w_bit or 8, bn_fold=opt.bn_fold,
+                     fpga=opt.fpga, bn_freeze=getattr(opt, 'bn_freeze', 0.9))
+
+
+def attach_quantization(trainer, spec):
+    """QAT in the Trainer: quantize the model before the optimizer is built (or check that the
+    model a quantized ``--weights``/``--resume`` checkpoint rebuilt matches), record the spec
+    in every checkpoint, and switch BN folding to running statistics at the freeze point."""
+    def transform(tr, model):
+        have = spec_of(model)
+        if have is None:
+            model = quantize_model(model, spec)
+        else:
+            resolve_spec(spec, have, 'the starting checkpoint')
+        if tr.main:
+            print(f'Quantization-aware training: {spec.describe()}')
+        return model
+
+    def freeze_bn(tr):
+        steps = len(tr.train_loader) * tr.epochs / max(tr.accumulate, 1)
+        if tr.updates + 1 >= spec.bn_freeze * steps:
+            for _, block in quant_blocks(tr.model):
+                if block.fold and not bool(block.bn_frozen):
+                    block.bn_frozen.fill_(True)
+
+    trainer.model_transforms.append(transform)
+    trainer.ckpt_extras['quant'] = spec.to_dict()
+    if spec.bn_fold:
+        trainer.grad_hooks.append(freeze_bn)
+    return trainer
+
+
+# ----------------------------------------------------------------------------- inference tools
+
+def calibration_batches(data, img_size, batch_size=8, seed=0):
+    """Float [B,3,H,W] batches in [0, 1] of a shuffled sample of the .data file's train list,
+    letterboxed like evaluation (no augmentation)."""
+    from utils.datasets import create_dataloader
+    from utils.parse_config import parse_data_cfg
+    cfg = parse_data_cfg(data, required=('train', 'classes'))
+    loader, _ = create_dataloader(cfg['train'], img_size, batch_size, stride=32, augment=False, rect=False,
+                                  workers=0, shuffle=True, seed=seed, nc=int(cfg['classes']))
+    for imgs, *_ in loader:
+        yield imgs.float() / 255.0
+
+
+def prepare_for_inference(model, opt, device):
+    """test.py/detect.py/export.py after models.load_model: ``--calib N`` calibrates a
+    quantized model's activation ranges on N training images of ``opt.data``; a quantized
+    model without ranges (a float checkpoint quantized by the flags) needs it."""
+    calib = getattr(opt, 'calib', 0)
+    spec = spec_of(model)
+    if spec is None:
+        if calib:
+            raise ValueError('--calib: the model is float; add --quantized 1 or 2 to quantize it after training')
+        return model
+    if calib:
+        n = calibrate(model, (b.to(device) for b in calibration_batches(opt.data, opt.img_size)), calib)
+        print(f'Post-training quantization {spec.describe()}: activation ranges from {n} images of {opt.data}')
+    elif not all(q.observed for q in model.modules() if isinstance(q, ActQuant) and q.bits < 32):
+        raise ValueError(f'{opt.weights or "the model"} is float and now quantized ({spec.describe()}) but has no '
+                         'activation ranges: add --calib N to calibrate them on N training images (post-training '
+                         'quantization), or train with these flags (quantization-aware training)')
+    else:
+        print(f'Quantized model: {spec.describe()}')
+    return model
+
+
+def adopt_checkpoint_spec(opt):
+    """train.py: starting from a quantization-aware ``--weights q.pt`` with no quantization flags
+    continues with the checkpoint's settings (recorded in opt, so opt.yaml and --resume keep
+    them); flags that contradict it are an error."""
+    weights = str(opt.weights or '')
+    if not weights.endswith(('.pt', '.pth')) or not __import__('os').path.isfile(weights):
+        return opt
+    from models import load_checkpoint
+    saved = ckpt_spec(load_checkpoint(weights), weights)
+    if saved is None:
+        return opt
+    resolve_spec(spec_from_opt(opt), saved, weights)
+    opt.quantized = {v: k for k, v in SCHEMES.items()}[saved.scheme]
+    opt.a_bit, opt.w_bit, opt.bn_fold, opt.fpga = saved.a_bits, saved.w_bits, saved.bn_fold, saved.fpga
+    return opt
