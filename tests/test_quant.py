@@ -1,8 +1,10 @@
 """Quantization (utils/quant.py): the quantizers by hand, BN folding against conv + BN, the
 observers' life cycle, and QAT / PTQ runs through train.py and test.py."""
 import copy
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -11,6 +13,8 @@ import models
 import test as test_script
 import train
 from test_train import NO_AUG, hyp_file, run_train, tiny_data  # noqa: F401  (tiny_data is a fixture)
+from utils.int_forward import int_forward
+from utils.qparams import export_qparams, reorder_tiles, save_qparams
 from utils.quant import (ActQuant, QuantConvBlock, QuantSpec, calibrate, fake_quant_dorefa_weight, fake_quant_weight,
                          quant_blocks, quantize_model, spec_of, weight_qparams)
 
@@ -272,3 +276,85 @@ def test_post_training_quantization_in_test_py(tmp_path, tiny_data):
                      '8', name='ptq16')
     assert abs(ptq16['map50'] - fp['map50']) < 1e-3  # 16 bits: indistinguishable from float
     assert ptq['map50'] >= 0  # runs end to end at 8 bits
+
+
+# ----------------------------------------------------------------------------- integer export
+
+def quantized_random(cfg, spec, seed=0, size=128):
+    torch.manual_seed(seed)
+    model = quantize_model(random_bn(models.Darknet(cfg, img_size=size)), spec)
+    x = torch.rand(2, 3, size, size)
+    calibrate(model, [x], 2)
+    return model.eval(), x
+
+
+def head_input_step_bound(params, model):
+    """Per head: how far its raw output moves when every input of the head conv moves by one
+    quantization step (in_scale x the largest L1 norm of a weight row)."""
+    bounds = []
+    for yolo in model.yolo_layers:
+        key = f'L{yolo - 1:03d}_'
+        w = params[key + 'w'] * params[key + 'w_scale'].reshape(-1, 1, 1, 1)
+        bounds.append(float(params[key + 'in_scale']) * np.abs(w).reshape(len(w), -1).sum(1).max())
+    return bounds
+
+
+@pytest.mark.parametrize('cfg', ['cfg/yolov3-mini-shapes.cfg', MOBILE])
+@pytest.mark.parametrize('bits', [8, 4])
+def test_integer_forward_is_bit_exact_for_fpga(cfg, bits):
+    model, x = quantized_random(cfg, QuantSpec('google', bits, bits, bn_fold=True, fpga=True))
+    params = export_qparams(model)
+    with torch.no_grad():
+        raw = model(x)[1]
+    heads = int_forward(params, x.numpy())
+    for h, r in zip(heads, raw):
+        assert np.array_equal(h, r.numpy())  # power-of-two scales: float32 PyTorch is exact integer arithmetic
+    for i, _ in quant_blocks(model):
+        k = f'L{i:03d}_'
+        assert params[k + 'w'].dtype == np.int8
+        assert np.abs(params[k + 'w']).max() <= 2 ** (bits - 1) - 1
+        assert float(params[k + 'in_scale']) == 2.0 ** -int(params[k + 'in_exp'])
+        assert np.all(params[k + 'w_scale'] == 2.0 ** -int(params[k + 'w_exp']))
+
+
+@pytest.mark.parametrize('spec', [QuantSpec('google', 8, 8), QuantSpec('google', 8, 8, bn_fold=True),
+                                  QuantSpec('dorefa', 8, 8)], ids=['google', 'google-fold', 'dorefa'])
+def test_integer_forward_matches_fake_quant_within_one_step(spec):
+    """Other scales are not exact in float32: a rounding tie now and then moves a code by one.
+    The heads stay within the effect of a one-step change of every head input."""
+    model, x = quantized_random(MOBILE if spec.scheme == 'dorefa' else 'cfg/yolov3-mini-shapes.cfg', spec)
+    params = export_qparams(model)
+    codes = {}
+    for i, block in quant_blocks(model):
+        block.act_quant.register_forward_hook(
+            lambda mod, inp, out, i=i: codes.__setitem__(i, (out / mod.qparams()[0] + mod.qparams()[1]).round()))
+    with torch.no_grad():
+        raw = model(x)[1]
+    trace = {}
+    heads = int_forward(params, x.numpy(), trace)
+    for i in trace:
+        assert (trace[i] == codes[i].long().numpy()).mean() > 0.85, i
+    for h, r, bound in zip(heads, raw, head_input_step_bound(params, model)):
+        assert np.abs(h - r.numpy()).max() <= bound
+
+
+def test_qparams_file_layout(tmp_path):
+    model, _ = quantized_random('cfg/yolov3-tiny-shapes.cfg', QuantSpec('google', 8, 8, bn_fold=True))
+    save_qparams(model, tmp_path / 'q.npz', reorder=(4, 3))
+    params = dict(np.load(tmp_path / 'q.npz', allow_pickle=False))
+    meta = json.loads(str(params['meta']))
+    assert meta['a_bits'] == 8 and meta['layers'] == [i for i, _ in quant_blocks(model)]
+    k = 'L000_'  # the image: 1/255 and zero point 0, so its codes are the 8-bit pixels themselves
+    assert math.isclose(float(params[k + 'in_scale']), 1 / 255, rel_tol=1e-6) and int(params[k + 'in_zero_point']) == 0
+    assert params[k + 'w'].dtype == np.int8 and params[k + 'b'].dtype == np.int64
+    assert sorted(params[k + 'w_reorder']) == sorted(params[k + 'w'].ravel())
+    with pytest.raises(ValueError, match='not quantized'):
+        export_qparams(models.Darknet('cfg/yolov3-tiny-shapes.cfg'))
+
+
+def test_reorder_tiles_by_hand():
+    w = np.arange(3 * 2 * 1 * 1).reshape(3, 2, 1, 1)  # out 3, in 2, 1x1
+    # TM=2, TN=1: tiles (o 0-1, i 0), (o 0-1, i 1), (o 2, i 0), (o 2, i 1)
+    assert reorder_tiles(w, 2, 1).tolist() == [0, 2, 1, 3, 4, 5]
+    w = np.arange(2 * 1 * 2 * 1).reshape(2, 1, 2, 1)  # kernel positions first, then output channels
+    assert reorder_tiles(w, 2, 1).tolist() == [0, 2, 1, 3]

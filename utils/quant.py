@@ -27,7 +27,8 @@ Schemes (``--quantized``):
 ``bn_fold``: BN folded into the conv weight during training, with batch statistics until the
 freeze point, running statistics after it and in eval (Jacob et al. 2018, §3.2).
 Observers move in training (and during ``calibrate``) and are frozen in eval (upstream moved
-them during testing). 32 bits = identity.
+them during testing); the image's quantizer has the fixed range [0, 1] (8 bits: the pixels
+themselves; FPGA: 2^-6 as upstream). 32 bits = identity.
 
 Activations use ``torch.fake_quantize_per_tensor_affine`` and Google weights
 ``torch.fake_quantize_per_channel_affine``: straight-through gradients inside the clip range,
@@ -146,12 +147,15 @@ class ActQuant(nn.Module):
     calibration batches); in eval it is frozen. ``mode``: 'affine' (unsigned, zero point),
     'pow2' (signed, symmetric, scale 2^-n) or 'dorefa' (unsigned, fixed clip [0, alpha])."""
 
-    def __init__(self, bits, mode='affine', alpha=DOREFA_ALPHA, layer=None):
+    def __init__(self, bits, mode='affine', alpha=DOREFA_ALPHA, layer=None, fixed_range=None):
         super().__init__()
         self.bits, self.mode, self.alpha, self.layer = bits, mode, alpha, layer
         self.calibrating = False
-        self.register_buffer('lo', torch.zeros(()))
-        self.register_buffer('hi', torch.zeros(()))
+        # the image's range is known ([0, 1]): at 8 bits its codes are then exactly the pixels
+        self.fixed = fixed_range is not None
+        lo, hi = fixed_range or (0.0, 0.0)
+        self.register_buffer('lo', torch.tensor(float(lo)))
+        self.register_buffer('hi', torch.tensor(float(hi)))
 
     def extra_repr(self):
         return f'bits={self.bits}, mode={self.mode}'
@@ -195,7 +199,7 @@ class ActQuant(nn.Module):
         if self.bits >= 32:
             return x
         if self.training or self.calibrating:
-            if self.mode != 'dorefa':
+            if self.mode != 'dorefa' and not self.fixed:
                 self.observe(x)
         elif not self.observed:
             where = f'layer {self.layer}' if self.layer is not None else 'an activation quantizer'
@@ -229,7 +233,8 @@ class QuantConvBlock(ConvBlock):
             self.add_module('BatchNorm2d', block.BatchNorm2d)
         self.add_module('activation', block.activation)
         mode = 'dorefa' if spec.scheme == 'dorefa' else 'pow2' if spec.fpga else 'affine'
-        self.add_module('act_quant', ActQuant(spec.a_bits, mode, alpha=1.0 if first else DOREFA_ALPHA, layer=layer))
+        self.add_module('act_quant', ActQuant(spec.a_bits, mode, alpha=1.0 if first else DOREFA_ALPHA, layer=layer,
+                                              fixed_range=(0.0, 1.0) if first else None))
         self.fold = spec.bn_fold and hasattr(self, 'BatchNorm2d')
         if self.fold:
             self.register_buffer('bn_frozen', torch.zeros((), dtype=torch.bool))
@@ -337,7 +342,7 @@ def calibrate(model, batches, n_images):
     """Post-training quantization: run ``n_images`` images (``batches`` yields float [B,3,H,W]
     in [0, 1]) through the eval-mode model with every observer recording its running
     min/max. BN statistics are not touched."""
-    quantizers = [m for m in model.modules() if isinstance(m, ActQuant)]
+    quantizers = [m for m in model.modules() if isinstance(m, ActQuant) and not m.fixed]
     if not quantizers:
         raise ValueError('--calib: the model has no quantizers (add --quantized 1 or 2)')
     model.eval()
