@@ -358,3 +358,30 @@ def test_reorder_tiles_by_hand():
     assert reorder_tiles(w, 2, 1).tolist() == [0, 2, 1, 3, 4, 5]
     w = np.arange(2 * 1 * 2 * 1).reshape(2, 1, 2, 1)  # kernel positions first, then output channels
     assert reorder_tiles(w, 2, 1).tolist() == [0, 2, 1, 3]
+
+
+def test_qat_after_pruning_and_from_darknet_weights(tmp_path, tiny_data):
+    """A layer-and-channel-pruned checkpoint quantizes like any model: QAT from its .pt, the
+    FPGA integer export of the result is bit-exact; QAT also starts from Darknet .weights."""
+    import layer_channel_prune
+    from test_prune_cli import FAST, save_ckpt
+    ckpt = save_ckpt(tmp_path / 'sparse.pt', 'cfg/yolov3-mini-shapes.cfg', str(tiny_data))
+    layer_channel_prune.main(['--weights', ckpt, '--data', str(tiny_data), '--percent', '0.6',
+                                       '--shortcuts', '2', '--adapt-bn', '8', *FAST, '--out', str(tmp_path / 'pruned')])
+    pruned_pt = str(tmp_path / 'pruned' / 'sparse_layer_channel_0.6_2.pt')
+    flags = QAT_RUNS['g8-fold-fpga']
+    run_train(tmp_path, tiny_data, '--epochs', '1', '--batch-size', '8', '--notest', '--name', 'qp', '--weights',
+              pruned_pt, *flags, cfg='')
+    model, _ = models.model_from_checkpoint(tmp_path / 'runs' / 'qp' / 'weights' / 'last.pt', img_size=128)
+    assert model.cfg_text() == models.load_checkpoint(pruned_pt)['cfg']  # the pruned architecture, quantized
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        raw = model.eval()(x)[1]
+    for h, r in zip(int_forward(export_qparams(model), x.numpy()), raw):
+        assert np.array_equal(h, r.numpy())
+    darknet = tmp_path / 'runs' / 'qp' / 'weights' / 'best.weights'  # float shadow weights in Darknet format
+    cfg = tmp_path / 'pruned.cfg'
+    cfg.write_text(model.cfg_text())
+    run_train(tmp_path, tiny_data, '--epochs', '1', '--batch-size', '8', '--notest', '--name', 'qd', '--weights',
+              darknet, '--quantized', '1', cfg=str(cfg))
+    assert spec_of(models.model_from_checkpoint(tmp_path / 'runs' / 'qd' / 'weights' / 'last.pt')[0]).a_bits == 8

@@ -206,6 +206,8 @@ class ActQuant(nn.Module):
             raise RuntimeError(f'{where} has no activation range yet: calibrate the model first '
                                '(--calib N images) or train it with quantization')
         scale, zp, qmin, qmax = self.qparams()
+        if x.dtype != torch.float32:  # autocast (CUDA AMP) hands half tensors; the codes are computed in float
+            x = x.float()
         return torch.fake_quantize_per_tensor_affine(x, scale, zp, qmin, qmax)
 
 
