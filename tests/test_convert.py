@@ -156,10 +156,8 @@ def test_coco(tmp_path, capsys):
 
 def test_coco_table_matches_spec():
     """The 80 -> 91 table equals the one in the spec (§3.4), and is a strictly increasing map."""
-    spec = SHARED / 'spec' / 'upstream-behaviour.md'
-    if not spec.is_file():
-        pytest.skip('../shared/spec not present')
-    text = spec.read_text()
+    from conftest import require_shared
+    text = (require_shared('spec') / 'upstream-behaviour.md').read_text()
     table = re.search(r'the inverse of the 80→91 table\s*`\[([\d,\s]+)\]`', text).group(1)
     assert [int(v) for v in table.replace('\n', '').split(',')] == conv.COCO_80_TO_91
     assert len(conv.COCO_NAMES) == 80

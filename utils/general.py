@@ -2,18 +2,16 @@
 import contextlib
 import os
 import sys
-import tempfile
+import uuid
 from pathlib import Path
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _publish(tmp, path):
-    """Give the temp file normal permissions (mkstemp makes it 0600), then rename it into place."""
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    os.replace(tmp, path)
+def _new_temp(path):
+    """A new empty file next to ``path`` with the permissions a plain open() would give it
+    (0666 minus the umask, applied by the kernel: no process-wide umask read-and-restore)."""
+    tmp = path.parent / f'.{path.name}.{uuid.uuid4().hex[:12]}.tmp'
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    return str(tmp)
 
 
 def atomic_write_bytes(path, data):
@@ -35,11 +33,10 @@ def atomic_save(save_fn, path):
     """Call ``save_fn(tmp_path)`` then rename onto ``path`` (for torch.save and friends)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp(path)
     try:
         save_fn(tmp)
-        _publish(tmp, path)
+        os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
