@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import models  # noqa: E402
 from utils.datasets import create_dataloader  # noqa: E402
-from utils.evaluation import scale_to_original  # noqa: E402
+from utils.datasets import scale_boxes  # noqa: E402
 from utils.metrics import Evaluator  # noqa: E402
 from utils.nms import non_max_suppression, xywh2xyxy  # noqa: E402
 from utils.parse_config import parse_cfg, parse_data_cfg, rewrite_head, write_cfg  # noqa: E402
@@ -135,10 +135,10 @@ def main(argv=None):
                 labels = targets[targets[:, 0] == si, 1:]
                 gt = torch.zeros((len(labels), 5))
                 if len(labels):
-                    gt = torch.cat((labels[:, :1], scale_to_original(xywh2xyxy(labels[:, 1:5]) * scale, (h, w),
-                                                                     shapes[si])), 1)
+                    gt = torch.cat((labels[:, :1], scale_boxes((h, w), xywh2xyxy(labels[:, 1:5]) * scale,
+                                                               *shapes[si])), 1)
                 det = det.clone()
-                det[:, :4] = scale_to_original(det[:, :4], (h, w), shapes[si])
+                det[:, :4] = scale_boxes((h, w), det[:, :4], *shapes[si])
                 batch_dets.append(det)
                 batch_gts.append(gt)
             evaluator.update(batch_dets, batch_gts)

@@ -87,10 +87,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python3 data/convert.py`: make utils importable
     sys.path.insert(0, str(ROOT))
 
-from utils.general import atomic_write_text  # noqa: E402
+from utils.general import IMG_FORMATS, atomic_write_text  # noqa: E402
 
 FORMATS = ('coco', 'bdd100k', 'visdrone', 'dior', 'oxfordhand', 'voc')
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.dng', '.webp')
 
 # Darknet coco.names order (class id i = line i).
 COCO_NAMES = [
@@ -409,7 +408,7 @@ class _ImageIndex:
             self._index = {}
             for folder in self.folders:
                 for p in sorted(folder.rglob('*')) if folder.is_dir() else []:
-                    if p.suffix.lower() in IMAGE_EXTS:
+                    if p.suffix.lower() in IMG_FORMATS:
                         self._index.setdefault(p.stem, p)
         # The id (XML file stem) names the image in VOC/DIOR; <filename> is the fallback.
         if stem in self._index:
@@ -540,7 +539,7 @@ def hand_read(src, split, opts):
 
 
 def _list_images(folder):
-    return [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS and p.is_file()]
+    return [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMG_FORMATS and p.is_file()]
 
 
 @dataclass

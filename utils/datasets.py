@@ -44,9 +44,8 @@ from tqdm import tqdm
 
 from utils.augmentations import (AUG_DEFAULTS, aug_params, augment_hsv, box_candidates, letterbox,  # noqa: F401
                                  mixup, mosaic_slices, random_affine, xywhn2xyxy, xyxy2xywhn)
-from utils.general import atomic_write_bytes
+from utils.general import IMG_FORMATS, atomic_write_bytes  # noqa: F401  (IMG_FORMATS re-exported)
 
-IMG_FORMATS = {'.bmp', '.jpg', '.jpeg', '.png', '.tif', '.tiff', '.dng', '.webp'}
 VID_FORMATS = {'.mov', '.avi', '.mp4', '.mpg', '.mpeg', '.m4v', '.wmv', '.mkv'}
 CACHE_VERSION = 4  # bump whenever the cache layout changes
 COORD_TOLERANCE = 1e-3  # coordinates this far outside [0, 1] are clipped; further out they are errors
@@ -666,9 +665,10 @@ class LoadImages:
     (padded to a multiple of ``stride``), im0 = the original BGR image, cap = the open
     cv2.VideoCapture for video frames (else None), status = 'image 3/10 path: ' or
     'video 1/2 (12/300) path: '. While a video plays, ``.frame`` (1-based), ``.frames`` and
-    ``.fps`` describe it. Unreadable images/videos are skipped with a warning."""
+    ``.fps`` describe it. Unreadable images/videos are skipped with a warning. ``auto`` False
+    letterboxes to the full ``img_size`` (int or (h, w)): a fixed-size exported model."""
 
-    def __init__(self, path, img_size=416, stride=32):
+    def __init__(self, path, img_size=416, stride=32, auto=True):
         path = str(path)
         if os.path.isfile(path) and path.endswith('.txt'):
             files = _read_list(path)
@@ -685,7 +685,7 @@ class LoadImages:
         if not self.files:
             raise FileNotFoundError(f'no images or videos in {path} (formats: '
                                     f'{" ".join(sorted(IMG_FORMATS | VID_FORMATS))})')
-        self.img_size, self.stride = img_size, stride
+        self.img_size, self.stride, self.auto = img_size, stride, auto
         self.cap, self.frame, self.frames, self.fps = None, 0, 0, 0.0
 
     def __len__(self):
@@ -736,7 +736,7 @@ class LoadImages:
             self.cap = None
 
     def _prepare(self, im0):
-        return _to_chw_rgb(letterbox(im0, self.img_size, auto=True, stride=self.stride)[0])
+        return _to_chw_rgb(letterbox(im0, self.img_size, auto=self.auto, stride=self.stride)[0])
 
 
 class LoadStreams:

@@ -8,7 +8,6 @@ Matching and AP are computed in original-image pixels (boxes mapped back through
 letterbox), as COCO does.
 """
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from utils.datasets import scale_boxes
 from utils.general import atomic_write_text
 from utils.nms import non_max_suppression, xywh2xyxy
+from utils.torch_utils import time_sync
 
 # 80 darknet classes -> official COCO category ids
 COCO80_TO_91 = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32,
@@ -43,16 +44,6 @@ def tta_forward(model, imgs, scales=(1.0, 0.83, 0.67), flips=(None, 'lr', None))
             p[..., 0] = w - p[..., 0]
         preds.append(p)
     return torch.cat(preds, 1)
-
-
-def scale_to_original(boxes, input_hw, shape):
-    """xyxy boxes in the letterboxed input -> original image pixels, clipped.
-    shape = ((h0, w0), ((ratio_h, ratio_w), (pad_w, pad_h))) as the loader gives it."""
-    (h0, w0), ((rh, rw), (pw, ph)) = shape
-    boxes = boxes.clone()
-    boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - pw) / rw).clamp(0, w0)
-    boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - ph) / rh).clamp(0, h0)
-    return boxes
 
 
 def image_id(path):
@@ -88,17 +79,17 @@ def evaluate(model, loader, names, conf_thres=0.001, iou_thres=0.6, loss_fn=None
         if single_cls:
             targets[:, 1] = 0
         b, _, h, w = imgs.shape
-        t0 = _sync(device)
+        t0 = time_sync(device)
         if augment:
             pred, raw = tta_forward(model, imgs), None
         else:
             pred, raw = model(imgs)
-        t1 = _sync(device)
+        t1 = time_sync(device)
         if loss_fn is not None and raw is not None:
             val_losses += loss_fn(raw, targets, (h, w))[1][:3]
         dets = non_max_suppression(pred, conf_thres, iou_thres, multi_label=True, max_det=max_det, merge=merge,
                                    agnostic=single_cls)
-        t2 = _sync(device)
+        t2 = time_sync(device)
         t_infer, t_nms, n_images = t_infer + t1 - t0, t_nms + t2 - t1, n_images + b
         batch_dets, batch_gts = [], []
         for si, det in enumerate(dets):
@@ -106,11 +97,11 @@ def evaluate(model, loader, names, conf_thres=0.001, iou_thres=0.6, loss_fn=None
             gt = torch.zeros((len(labels), 5), device=device)
             if len(labels):
                 boxes = xywh2xyxy(labels[:, 1:5]) * torch.tensor([w, h, w, h], device=device)
-                gt = torch.cat((labels[:, :1], scale_to_original(boxes, (h, w), shapes[si])), 1)
+                gt = torch.cat((labels[:, :1], scale_boxes((h, w), boxes, *shapes[si])), 1)
             det = det.clone()
             if single_cls:
                 det[:, 5] = 0
-            det[:, :4] = scale_to_original(det[:, :4], (h, w), shapes[si])
+            det[:, :4] = scale_boxes((h, w), det[:, :4], *shapes[si])
             batch_dets.append(det.cpu())
             batch_gts.append(gt.cpu())
             if save_json:
@@ -135,12 +126,6 @@ def evaluate(model, loader, names, conf_thres=0.001, iou_thres=0.6, loss_fn=None
     if was_training:
         model.train()
     return metrics
-
-
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-    return time.perf_counter()
 
 
 def _json_rows(det, path, coco):

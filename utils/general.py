@@ -5,6 +5,8 @@ import sys
 import uuid
 from pathlib import Path
 
+IMG_FORMATS = frozenset({'.bmp', '.jpg', '.jpeg', '.png', '.tif', '.tiff', '.dng', '.webp'})  # image files we read
+
 
 def _new_temp(path):
     """A new empty file next to ``path`` with the permissions a plain open() would give it

@@ -58,9 +58,10 @@ def set_rng_states(states):
         torch.cuda.set_rng_state_all(list(states['cuda']))
 
 
-def time_sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def time_sync(device=None):
+    """perf_counter() after the queued CUDA work of ``device`` (all devices when None) is done."""
+    if (device is None and torch.cuda.is_available()) or getattr(device, 'type', None) == 'cuda':
+        torch.cuda.synchronize(device)
     return time.perf_counter()
 
 
