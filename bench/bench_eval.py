@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import models  # noqa: E402
 from utils.datasets import create_dataloader  # noqa: E402
-from utils.datasets import scale_boxes  # noqa: E402
+from utils.evaluation import to_original_images  # noqa: E402
 from utils.metrics import Evaluator  # noqa: E402
-from utils.nms import non_max_suppression, xywh2xyxy  # noqa: E402
+from utils.nms import non_max_suppression  # noqa: E402
 from utils.parse_config import parse_cfg, parse_data_cfg, rewrite_head, write_cfg  # noqa: E402
 from utils.datasets import default_data  # noqa: E402
 
@@ -129,19 +129,7 @@ def main(argv=None):
             t1 = time.perf_counter()
             dets = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, multi_label=True, max_det=300)
             t2 = time.perf_counter()
-            batch_dets, batch_gts = [], []
-            scale = torch.tensor([w, h, w, h])
-            for si, det in enumerate(dets):
-                labels = targets[targets[:, 0] == si, 1:]
-                gt = torch.zeros((len(labels), 5))
-                if len(labels):
-                    gt = torch.cat((labels[:, :1], scale_boxes((h, w), xywh2xyxy(labels[:, 1:5]) * scale,
-                                                               *shapes[si])), 1)
-                det = det.clone()
-                det[:, :4] = scale_boxes((h, w), det[:, :4], *shapes[si])
-                batch_dets.append(det)
-                batch_gts.append(gt)
-            evaluator.update(batch_dets, batch_gts)
+            evaluator.update(*to_original_images(dets, targets, shapes, (h, w)))  # as evaluate() does
             t3 = time.perf_counter()
             t_inf, t_nms, t_met = t_inf + t1 - t0, t_nms + t2 - t1, t_met + t3 - t2
             n_cand += candidates(pred, opt.conf_thres) * b

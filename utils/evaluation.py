@@ -46,6 +46,26 @@ def tta_forward(model, imgs, scales=(1.0, 0.83, 0.67), flips=(None, 'lr', None))
     return torch.cat(preds, 1)
 
 
+def to_original_images(dets, targets, shapes, input_hw, single_cls=False):
+    """One batch's detections and labels in original-image pixels, on the CPU, as
+    Evaluator.update takes them. dets: per image [n, 6] xyxy, conf, cls in the letterboxed
+    input; targets [m, 6] (image, class, normalised xywh); shapes: the loader's per-image
+    ((h0, w0), ratio_pad). Returns (dets [n, 6] list, labels [k, 5] class + xyxy list)."""
+    h, w = input_hw
+    scale = torch.tensor([w, h, w, h], device=targets.device)
+    batch_dets, batch_gts = [], []
+    for si, det in enumerate(dets):
+        labels = targets[targets[:, 0] == si, 1:]
+        gt = torch.cat((labels[:, :1], scale_boxes((h, w), xywh2xyxy(labels[:, 1:5]) * scale, *shapes[si])), 1)
+        det = det.clone()
+        if single_cls:
+            det[:, 5] = 0
+        det[:, :4] = scale_boxes((h, w), det[:, :4], *shapes[si])
+        batch_dets.append(det.cpu())
+        batch_gts.append(gt.cpu())
+    return batch_dets, batch_gts
+
+
 def image_id(path):
     """COCO-style image id: the file stem as an int when numeric (also COCO_val2014_000000000139)."""
     stem = Path(path).stem
@@ -91,21 +111,10 @@ def evaluate(model, loader, names, conf_thres=0.001, iou_thres=0.6, loss_fn=None
                                    agnostic=single_cls)
         t2 = time_sync(device)
         t_infer, t_nms, n_images = t_infer + t1 - t0, t_nms + t2 - t1, n_images + b
-        batch_dets, batch_gts = [], []
-        for si, det in enumerate(dets):
-            labels = targets[targets[:, 0] == si, 1:]
-            gt = torch.zeros((len(labels), 5), device=device)
-            if len(labels):
-                boxes = xywh2xyxy(labels[:, 1:5]) * torch.tensor([w, h, w, h], device=device)
-                gt = torch.cat((labels[:, :1], scale_boxes((h, w), boxes, *shapes[si])), 1)
-            det = det.clone()
-            if single_cls:
-                det[:, 5] = 0
-            det[:, :4] = scale_boxes((h, w), det[:, :4], *shapes[si])
-            batch_dets.append(det.cpu())
-            batch_gts.append(gt.cpu())
-            if save_json:
-                json_rows += _json_rows(det.cpu(), paths[si], coco)
+        batch_dets, batch_gts = to_original_images(dets, targets, shapes, (h, w), single_cls)
+        if save_json:
+            for det, path in zip(batch_dets, paths):
+                json_rows += _json_rows(det, path, coco)
         evaluator.update(batch_dets, batch_gts)
         if plots and save_dir and bi < 3:
             _plot_val_batch(imgs, targets, dets, paths, names, save_dir, bi)

@@ -299,7 +299,7 @@ class QuantConvBlock(ConvBlock):
 
 def quant_blocks(model):
     """[(layer index, QuantConvBlock)] of a model."""
-    return [(i, m) for i, m in enumerate(model.module_list) if isinstance(m, QuantConvBlock)]
+    return [(i, m) for i, m in enumerate(getattr(model, 'module_list', ())) if isinstance(m, QuantConvBlock)]
 
 
 def spec_of(model):
