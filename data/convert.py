@@ -42,8 +42,11 @@ Source layouts (``--src`` is the folder shown at the top; default splits in brac
   validation, test [training+validation=train test=valid]; ``boxes`` corners a-d are (y, x)
   and may be rotated: the axis-aligned hull is kept.
 * voc: ``Annotations/*.xml``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt`` [every split
-  file; trainval left out when train and val exist]; classes from ``--names FILE`` or the
-  sorted names found in the XMLs.
+  file; trainval left out when train and val exist]. Or a ``VOCdevkit`` folder (or its
+  parent) holding ``VOC2007/``, ``VOC2012/`` ...: splits are ``<year>/<split>`` [the standard
+  protocol: ``2007/trainval+2012/trainval=train 2007/test=valid``]. Classes from ``--names
+  FILE``, else VOC's official 20 (voc.names order) when every name in the XMLs is one of
+  them, else the sorted names found.
   Without ImageSets (voc, dior) all XMLs form one split ``train``.
 
 Boxes are clipped to the image (``[0, W] x [0, H]``, coordinates read as continuous pixel
@@ -90,6 +93,10 @@ if str(ROOT) not in sys.path:  # run as `python3 data/convert.py`: make utils im
 from utils.general import IMG_FORMATS, atomic_write_text  # noqa: E402
 
 FORMATS = ('coco', 'bdd100k', 'visdrone', 'dior', 'oxfordhand', 'voc')
+
+# Pascal VOC's 20 classes in Darknet voc.names order (class id i = line i).
+VOC_NAMES = ['aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
+             'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor']
 
 # Darknet coco.names order (class id i = line i).
 COCO_NAMES = [
@@ -461,15 +468,41 @@ def dior_read(src, split, opts):
     return _xml_read(src, split, opts, ann, index, _default_xml_ids(ann))
 
 
+def _voc_years(src):
+    """{year: folder} of a VOCdevkit: VOC2007/, VOC2012/ ... in ``src`` or in ``src``/VOCdevkit."""
+    for root in (src, src / 'VOCdevkit'):
+        years = {p.name[3:]: p for p in sorted(root.glob('VOC*')) if (p / 'Annotations').is_dir()}
+        if years:
+            return years
+    return {}
+
+
 def voc_discover(src):
-    return sorted(_imagesets(src)) or ['train']
+    """One year's folder: its split names; a devkit root: ``<year>/<split>`` for every year."""
+    if (src / 'Annotations').is_dir() or not _voc_years(src):
+        return sorted(_imagesets(src)) or ['train']
+    return [f'{year}/{split}' for year, folder in _voc_years(src).items()
+            for split in (sorted(_imagesets(folder)) or ['train'])]
+
+
+def voc_default_specs(available):
+    """A devkit's standard protocol: every year's trainval for training, 2007 test for validation
+    (None for one year's folder: all its splits)."""
+    if '2007/test' not in available:
+        return None
+    trainval = [s for s in available if s.endswith('/trainval')]
+    return ['+'.join(trainval) + '=train', '2007/test=valid'] if trainval else None
 
 
 def voc_read(src, split, opts):
+    if '/' in split:  # a devkit split: <year>/<split>
+        year, split = split.split('/', 1)
+        src = _voc_years(src)[year]
     ann = src / 'Annotations'
     if not ann.is_dir():
-        raise ConvertError(f'VOC: {ann} not found (expected Annotations/, JPEGImages/, ImageSets/Main/)')
-    index = opts.cache.setdefault('voc_index', _ImageIndex([src / 'JPEGImages']))
+        raise ConvertError(f'VOC: {ann} not found (expected Annotations/, JPEGImages/, ImageSets/Main/, or a '
+                           'VOCdevkit folder holding VOC2007/, VOC2012/ ...)')
+    index = opts.cache.setdefault(f'voc_index:{src}', _ImageIndex([src / 'JPEGImages']))
     return _xml_read(src, split, opts, ann, index, _default_xml_ids(ann))
 
 
@@ -552,18 +585,20 @@ class Options:
 
 
 FORMAT_SPECS = {
-    # format: (discover, read, default split specs or None = all discovered, names)
+    # format: (discover, read, default split specs, a function of the available splits giving them, or
+    # None = all discovered)
     'coco': (coco_discover, coco_read, None),
     'bdd100k': (bdd_discover, bdd_read, None),
     'visdrone': (visdrone_discover, visdrone_read, None),
     'dior': (dior_discover, dior_read, None),
     'oxfordhand': (hand_discover, hand_read, ['training+validation=train', 'test=valid']),
-    'voc': (voc_discover, voc_read, None),
+    'voc': (voc_discover, voc_read, voc_default_specs),
 }
 
 
 def class_names(fmt, opts, samples):
-    """The class list of a conversion; for `voc` without --names: sorted names seen in the XMLs."""
+    """The class list of a conversion; for `voc` without --names: VOC's official 20 classes when
+    every name seen is one of them (a subset must not shift the indices), else the sorted names."""
     if fmt == 'coco':
         return list(COCO_NAMES)
     if fmt == 'bdd100k':
@@ -580,7 +615,8 @@ def class_names(fmt, opts, samples):
             raise ConvertError(f'{opts.names_file}: duplicate class names')
         return names
     # From every object, difficult ones included, so the list does not depend on --keep-difficult.
-    return sorted({n for s in samples for n in s.seen})
+    seen = {n for s in samples for n in s.seen}
+    return list(VOC_NAMES) if seen and seen <= set(VOC_NAMES) else sorted(seen)
 
 
 def read_names(path):
@@ -606,7 +642,7 @@ def parse_split_specs(specs, available):
             raise ConvertError(f'--splits {spec!r}: expected SRC or SRC+SRC=OUT')
         if len(parts) > 1 and not out:
             raise ConvertError(f'--splits {spec!r}: merging splits needs an output name, e.g. {srcs}=train')
-        out = (out or parts[0]).strip()
+        out = (out or parts[0].replace('/', '_')).strip()  # 2007/test -> 2007_test
         if not re.fullmatch(r'[A-Za-z0-9][\w.\-]*', out) or out in ('images', 'labels'):
             raise ConvertError(f'--splits {spec!r}: bad output split name {out!r} (letters, digits, _ . -; '
                                f'not "images"/"labels")')
@@ -811,6 +847,8 @@ def convert(fmt, src, out, splits=None, link='copy', name=None, overwrite=False,
     available = sorted(discover(src), key=_split_rank)
     if not available:
         raise ConvertError(f'{fmt}: no splits found in {src}; see `python3 data/convert.py -h` for the layout')
+    if callable(default_specs):
+        default_specs = default_specs(available)
     if not splits and not default_specs and {'train', 'val', 'trainval'} <= set(available):
         available_default = [s for s in available if s != 'trainval']  # trainval = train + val: no duplicates
     else:
@@ -875,7 +913,7 @@ def build_parser():
                    help='write out-relative paths in the split lists and .data (default absolute)')
     p.add_argument('--train-split', help='split for train= in the .data (default: first starting with "train")')
     p.add_argument('--valid-split', help='split for valid= (default: first starting with "val", else "test")')
-    p.add_argument('--names', dest='names_file', help='voc: class list file (default: sorted names in the XMLs)')
+    p.add_argument('--names', dest='names_file', help='voc: class list file (default: the 20 VOC classes when the XMLs use only those, else the sorted names found)')
     p.add_argument('--keep-difficult', action='store_true', help='voc/dior: keep difficult=1 objects')
     p.add_argument('--names-order', choices=('official', 'upstream'), default='official',
                    help='dior: official DIOR order (default) or the 2020 toolkit order (overpass last)')

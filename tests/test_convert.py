@@ -381,12 +381,13 @@ def test_voc_collected_names_and_names_file(tmp_path, capsys):
     out = tmp_path / 'out'
     run('voc', '--src', src, '--out', out)
     (a,) = check_lists(out, 'train', ['000001.jpg'])
-    # classes sorted: bird 0, cat 1, dog 2, person 3; the difficult cat is dropped
-    assert_rows(a, [(2, 17 / 64, 9 / 32, 32 / 64, 16 / 32),
-                    (3, 57 / 64, 26 / 32, 14 / 64, 12 / 32)])  # person [50,20]-[80,40] -> [50,20]-[64,32]
+    # only VOC names: VOC's 20 classes in voc.names order (dog 11, person 14), not the sorted subset
+    # (which would make dog 2); the difficult cat is dropped
+    assert_rows(a, [(11, 17 / 64, 9 / 32, 32 / 64, 16 / 32),
+                    (14, 57 / 64, 26 / 32, 14 / 64, 12 / 32)])  # person [50,20]-[80,40] -> [50,20]-[64,32]
     (b,) = check_lists(out, 'val', ['000002.jpg'])
     assert b.read_text() == ''  # zero-width bird: degenerate
-    check_data(out, 'voc', 4, 'train', 'val', ['bird', 'cat', 'dog', 'person'])
+    check_data(out, 'voc', 20, 'train', 'val', conv.VOC_NAMES)
     assert not (out / 'trainval.txt').exists() and not (out / 'dog_train.txt').exists()
     assert re.search(r'skipped object: difficult\s+1\s+0', capsys.readouterr().out)
 
@@ -401,6 +402,40 @@ def test_voc_collected_names_and_names_file(tmp_path, capsys):
     assert re.search(r'skipped object: unknown class\s+2', text.out)  # cat (kept difficult) + bird
     assert "'cat' x1" in text.err
     assert snapshot(src) == before
+
+
+def test_voc_devkit_years_and_the_standard_protocol(tmp_path):
+    devkit = tmp_path / 'raw' / 'VOCdevkit'
+    for year, ids in (('2007', {'trainval': ['000005'], 'test': ['000001']}), ('2012', {'trainval': ['2008_000002']})):
+        root = devkit / f'VOC{year}'
+        for split, stems in ids.items():
+            write(root / 'ImageSets' / 'Main' / f'{split}.txt', ''.join(f'{i}\n' for i in stems))
+            for stem in stems:
+                make_image(root / 'JPEGImages' / f'{stem}.jpg', 40, 20)
+                write(root / 'Annotations' / f'{stem}.xml', voc_xml(f'{stem}.jpg', [('horse', 0, 0, 20, 10, 0)],
+                                                                     (40, 20)))
+    before = snapshot(devkit)
+    out = tmp_path / 'out'
+    run('voc', '--src', tmp_path / 'raw', '--out', out)  # the devkit's parent works too
+    check_lists(out, 'train', ['000005.jpg', '2008_000002.jpg'])  # 2007 + 2012 trainval
+    (label,) = check_lists(out, 'valid', ['000001.jpg'])  # 2007 test
+    assert_rows(label, [(12, 0.25, 0.25, 0.5, 0.5)])  # horse is VOC class 12
+    check_data(out, 'voc', 20, 'train', 'valid', conv.VOC_NAMES)
+    out2 = tmp_path / 'out2'
+    run('voc', '--src', devkit, '--out', out2, '--splits', '2012/trainval=train', '2007/test')
+    check_lists(out2, 'train', ['2008_000002.jpg'])
+    check_lists(out2, '2007_test', ['000001.jpg'])
+    assert conv.main(['voc', '--src', str(devkit), '--out', str(tmp_path / 'o3'), '--splits', '2010/test']) == 2
+    assert snapshot(devkit) == before
+
+
+def test_voc_names_outside_voc_are_sorted(tmp_path):
+    src = tmp_path / 'mine'
+    make_image(src / 'JPEGImages' / 'a.jpg', 16, 16)
+    write(src / 'Annotations' / 'a.xml', voc_xml('a.jpg', [('zebra', 0, 0, 8, 8, 0), ('dog', 8, 8, 16, 16, 0)],
+                                                (16, 16)))
+    run('voc', '--src', src, '--out', tmp_path / 'out')
+    check_data(tmp_path / 'out', 'voc', 2, 'train', 'train', ['dog', 'zebra'])
 
 
 # ----------------------------------------------------------------------------- errors and safety
@@ -454,6 +489,6 @@ def test_relative_paths(tmp_path):
     make_voc(src)
     run('voc', '--src', src, '--out', out, '--relative')
     assert (out / 'train.txt').read_text() == 'images/train/000001.jpg\n'
-    assert (out / 'voc.data').read_text() == 'classes=4\ntrain=train.txt\nvalid=val.txt\nnames=voc.names\n'
+    assert (out / 'voc.data').read_text() == 'classes=20\ntrain=train.txt\nvalid=val.txt\nnames=voc.names\n'
     data = parse_data_cfg(out / 'voc.data')  # resolved against the .data folder
     assert Path(data['train']) == out / 'train.txt'
