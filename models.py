@@ -484,7 +484,7 @@ def load_darknet_weights(model, path, cutoff=-1, pretrain=False):
     with open(path, 'rb') as f:
         header, header_bytes = _read_header(f, path)
         data = np.fromfile(f, dtype='<f4')
-    actual = header_bytes + 4 * data.size
+    actual = os.path.getsize(path)  # not header + 4 x floats: 1-3 trailing bytes would pass unseen
     blobs = list(_weight_blobs(model, cutoff))
     sizes = [sum(t.numel() for t in ts) for _, ts in blobs]
     expected = header_bytes + 4 * sum(sizes)

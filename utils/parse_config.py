@@ -242,6 +242,9 @@ def layer_output_channels(module_defs, in_channels=3):
     return out
 
 
+CONV_LIMITS = {'filters': 65536, 'size': 63, 'stride': 64}
+
+
 def validate_cfg(sections, source='<cfg>', lines_of=None):
     """Check the cross-section rules; raise CfgError naming file, line and section index."""
     channels = sections[0].get('channels', 3) if sections and sections[0]['type'] == 'net' else 3
@@ -265,6 +268,9 @@ def validate_cfg(sections, source='<cfg>', lines_of=None):
             for key in ('filters', 'size', 'stride'):
                 if d[key] < 1:
                     fail(i, key, f'{key} must be >= 1, got {d[key]}')
+            for key, top in CONV_LIMITS.items():  # far beyond any real model: a typo, not a design
+                if d[key] > top:
+                    fail(i, key, f'{key}={d[key]} is larger than {top} (a typo?); no YOLO cfg comes near it')
             groups = prev if kind == 'depthwise' else d['groups']
             if kind == 'depthwise' and d['filters'] != prev:
                 fail(i, 'filters', f'depthwise filters={d["filters"]} must equal its input channels {prev}')
