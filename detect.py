@@ -2,6 +2,7 @@
 
     python3 detect.py --weights runs/train/exp/weights/best.pt      # the built-in shapes validation images
     python3 detect.py --cfg cfg/yolov3.cfg --weights weights/yolov3.weights --names data/coco.names --source video.mp4
+    python3 detect.py --weights best.onnx          # an export (export.py): ONNX Runtime, or OpenVINO (.xml / folder)
 
 Annotated images and videos (same fps and size as the input) go to a new run folder
 (runs/detect/exp, exp2, ...); ``--save-txt`` writes YOLO rows ``class cx cy w h conf``
@@ -20,7 +21,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--cfg', default='', help='model cfg (default: the cfg stored in a .pt checkpoint)')
     p.add_argument('--names', default='', help='.names file (default: class indices)')
-    p.add_argument('--weights', required=True, help='.pt checkpoint or Darknet .weights')
+    p.add_argument('--weights', required=True, help='.pt checkpoint, Darknet .weights, .onnx (ONNX Runtime) or '
+                   'OpenVINO .xml / folder')
     p.add_argument('--source', default='', help='image, folder, glob, video, .txt list, webcam index, URL '
                    '(default: the built-in shapes validation images)')
     p.add_argument('--output', '--project', dest='project', default='runs/detect', help='parent of run folders')
@@ -49,8 +51,24 @@ def default_source():
     return parse_data_cfg(default_data(), required=('valid',))['valid']
 
 
+def exported_detector(opt, device):
+    """(model, entries) of an .onnx / OpenVINO export; its fixed input size replaces --img-size."""
+    from utils.backends import load_exported
+    if opt.quantized or opt.calib or opt.compile or opt.augment:
+        raise ValueError(f'{opt.weights}: --quantized/--calib/--compile/--augment apply to .pt/.weights models '
+                         '(an export is optimised, and quantized, by export.py)')
+    model = load_exported(opt.weights, device)
+    h, w = model.input_hw
+    if (opt.img_size, opt.img_size) != (h, w):
+        print(f'{opt.weights} has a fixed {h}x{w} input: --img-size {opt.img_size} -> {max(h, w)}')
+    opt.img_size = (h, w) if h != w else h
+    print(model.describe())
+    return model, {'names': model.names} if model.names else {}
+
+
 def run(opt):
     import models
+    from utils.backends import is_exported
     from tqdm import tqdm
     from utils.datasets import LoadImages, LoadStreams, scale_boxes
     from utils.evaluation import tta_forward
@@ -64,15 +82,22 @@ def run(opt):
     if not is_stream and not any(ch in src for ch in '*?') and not Path(src).exists():
         raise FileNotFoundError(f'--source {src} does not exist')  # before the (slow) model load
     device = select_device(opt.device)
-    from utils.quant import prepare_for_inference, spec_from_opt
-    model, ckpt = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=spec_from_opt(opt))
-    if opt.calib and opt.data == 'data/shapes.data':
-        from utils.datasets import default_data
-        opt.data = default_data()
-    prepare_for_inference(model, opt, device)
+    exported = is_exported(opt.weights)
+    if exported:  # runs as it is: fused, optimised and (maybe) quantized at export
+        model, ckpt = exported_detector(opt, device)
+        fast = model
+    else:
+        from utils.quant import prepare_for_inference, spec_from_opt
+        model, ckpt = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=spec_from_opt(opt))
+        if opt.calib and opt.data == 'data/shapes.data':
+            from utils.datasets import default_data
+            opt.data = default_data()
+        prepare_for_inference(model, opt, device)
+        fast = models.optimize_for_inference(model, compile=opt.compile)
     names = read_names(opt.names, model.nc) if opt.names or not ckpt.get('names') else ckpt['names']
-    fast = models.optimize_for_inference(model, compile=opt.compile)
     dataset = LoadStreams(src, img_size=opt.img_size) if is_stream else LoadImages(src, img_size=opt.img_size)
+    if exported:
+        dataset.auto = False  # letterbox to the export's full square input, not to the next stride multiple
     save_dir = increment_path(Path(opt.project) / opt.name)
     writers = {}
     t_start, n, quit_requested = time.time(), 0, False

@@ -4,6 +4,7 @@
     python3 test.py --weights runs/train/exp/weights/best.pt          # cfg and data from the checkpoint/default
     python3 test.py ... --task speed | study
     python3 test.py --weights best.pt --quantized 1 --calib 64        # post-training 8-bit quantization
+    python3 test.py --weights best.onnx | best_openvino/     # an export (export.py): square batches of its size
 
 Writes metrics.json, PR/F1 curves, confusion matrix and validation batch images into
 runs/test/<name>. ``run(...)`` is the same as a function.
@@ -16,7 +17,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--cfg', default='', help='model cfg (default: the cfg stored in a .pt checkpoint)')
     p.add_argument('--data', default='data/shapes.data', help='dataset .data file')
-    p.add_argument('--weights', default='', help='.pt checkpoint or Darknet .weights')
+    p.add_argument('--weights', default='', help='.pt checkpoint, Darknet .weights, .onnx (ONNX Runtime) or '
+                   'OpenVINO .xml / folder')
     p.add_argument('--batch-size', '--batch_size', type=int, default=16)
     p.add_argument('--img-size', '--img_size', type=int, default=256, help='inference size (pixels)')
     p.add_argument('--conf-thres', type=float, default=0.001)
@@ -27,6 +29,8 @@ def parse_args(argv=None):
                    help='image sizes of --task study (default: 256, 320, ... up to max(--img-size, 640))')
     p.add_argument('--device', default='', help="'' (auto), cpu, 0")
     p.add_argument('--single-cls', action='store_true')
+    p.add_argument('--square', action='store_true', help='square --img-size batches instead of rect ones (what '
+                   'a fixed-size export runs; use it on the .pt to compare the two)')
     p.add_argument('--augment', action='store_true', help='test-time augmentation')
     p.add_argument('--merge', action='store_true', help='merge-NMS')
     p.add_argument('--workers', type=int, default=2)
@@ -46,8 +50,30 @@ def study_sizes(opt):
     return sorted(set(sizes))
 
 
+def fixed_size_batches(model, opt, sizes):
+    """True for an exported model (fixed input size): test.py then evaluates square batches of
+    that size, saying so; quantization flags or a --task study over other sizes are errors."""
+    hw = getattr(model, 'input_hw', None)
+    if hw is None:
+        return False
+    if opt.quantized or opt.calib:
+        raise ValueError(f'{opt.weights}: quantization flags apply to .pt/.weights models; quantize at export '
+                         '(export.py --int8, or --quantized ... --calib N)')
+    if hw[0] != hw[1]:
+        raise ValueError(f'{opt.weights}: input {hw[0]}x{hw[1]} is not square; test.py evaluates square exports')
+    if opt.task == 'study':
+        raise ValueError(f'{opt.weights}: an export has one input size ({hw[0]}); --task study needs a .pt')
+    if opt.img_size != hw[0]:
+        print(f'{opt.weights} has a fixed {hw[0]}x{hw[1]} input: --img-size {opt.img_size} -> {hw[0]}')
+        opt.img_size = sizes[0] = hw[0]
+    print(f'{model.describe()}: square {hw[0]}x{hw[1]} batches, not rect ones (compare with test.py --square '
+          f'on the .pt)')
+    return True
+
+
 def run(opt):
     import models
+    from utils.backends import is_exported, load_exported
     from utils.datasets import create_dataloader
     from utils.evaluation import evaluate
     from utils.general import increment_path
@@ -63,8 +89,12 @@ def run(opt):
     nc = 1 if opt.single_cls else int(data['classes'])
     names = read_names(data.get('names'), nc)
     from utils.quant import prepare_for_inference, spec_from_opt
-    model, _ = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=spec_from_opt(opt))
-    prepare_for_inference(model, opt, device)
+    if is_exported(opt.weights):
+        model = load_exported(opt.weights, device)
+    else:
+        model, _ = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=spec_from_opt(opt))
+        prepare_for_inference(model, opt, device)
+    square = opt.square or fixed_size_batches(model, opt, sizes)
     if model.nc != nc and not opt.single_cls:
         raise ValueError(f'the model has {model.nc} classes, {opt.data} has {nc}')
     model.fuse()
@@ -73,7 +103,7 @@ def run(opt):
     results = []
     for size in sizes:
         loader, _ = create_dataloader(data['valid'], size, opt.batch_size, stride=32, hyp=None, augment=False,
-                                      rect=True, workers=opt.workers, shuffle=False, pad=0.5,
+                                      rect=not square, workers=opt.workers, shuffle=False, pad=0.5,
                                       single_cls=opt.single_cls, nc=int(data['classes']))
         conf = 0.25 if opt.task == 'speed' else opt.conf_thres
         metrics = evaluate(model, loader, names, conf_thres=conf, iou_thres=opt.iou_thres, save_dir=save_dir,
