@@ -460,7 +460,7 @@ def _read_header(f, path):
     if len(raw) < seen_bytes:
         raise ValueError(f'{path}: truncated Darknet header')
     seen = int(np.frombuffer(raw, dtype='<i8' if seen_bytes == 8 else '<i4')[0])
-    if major > 1000 or minor > 1000:
+    if not (0 <= major <= 1000 and 0 <= minor <= 1000 and 0 <= revision <= 10 ** 6):
         raise ValueError(f'{path}: header ({major}.{minor}.{revision}) does not look like Darknet weights; '
                          'is it a .pt checkpoint?')
     return (major, minor, revision, seen), 12 + seen_bytes
