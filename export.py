@@ -6,6 +6,7 @@
     python3 export.py --weights best.pt --quantized 1 --calib 64        # fake-quant PTQ (utils/quant.py) as QDQ
     python3 export.py --weights best.pt --format openvino [--int8]                  # -> best[_int8]_openvino/
     python3 export.py --weights best.pt --format darknet                            # -> best.cfg + best.weights
+    python3 export.py --weights qat.pt --format qparams [--reorder 16 16]           # -> qat_qparams.npz (integers)
     python3 export.py --cfg cfg/yolov3.cfg --weights yolov3.weights --img-size 416 --dynamic --simplify
     python3 test.py --weights best.onnx ; python3 detect.py --weights best_openvino   # run the export
 
@@ -27,7 +28,10 @@ def parse_args(argv=None):
                    'with --dynamic)')
     p.add_argument('--dynamic', action='store_true', help='dynamic batch axis')
     p.add_argument('--simplify', action='store_true', help='simplify the ONNX graph with onnxslim')
-    p.add_argument('--format', default='onnx', choices=['onnx', 'openvino', 'darknet'])
+    p.add_argument('--format', default='onnx', choices=['onnx', 'openvino', 'darknet', 'qparams'],
+                   help='qparams: integer weights/biases/scales of a quantized model (.npz, README "Integer export")')
+    p.add_argument('--reorder', type=int, nargs=2, default=None, metavar=('TM', 'TN'),
+                   help='qparams: also write each weight in the tiled order of a TM x TN accelerator')
     p.add_argument('--opset', type=int, default=17, help='ONNX opset (13..20)')
     p.add_argument('--out', default='', help='output path (.onnx, OpenVINO folder, or .weights with the .cfg '
                    'next to it); default: next to --weights, named after it')

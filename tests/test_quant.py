@@ -14,7 +14,7 @@ import test as test_script
 import train
 from test_train import NO_AUG, hyp_file, run_train, tiny_data  # noqa: F401  (tiny_data is a fixture)
 from utils.int_forward import int_forward
-from utils.qparams import export_qparams, reorder_tiles, save_qparams
+from utils.qparams import export_qparams, head_step_bounds, reorder_tiles, save_qparams
 from utils.quant import (ActQuant, QuantConvBlock, QuantSpec, calibrate, fake_quant_dorefa_weight, fake_quant_weight,
                          quant_blocks, quantize_model, spec_of, weight_qparams)
 
@@ -288,17 +288,6 @@ def quantized_random(cfg, spec, seed=0, size=128):
     return model.eval(), x
 
 
-def head_input_step_bound(params, model):
-    """Per head: how far its raw output moves when every input of the head conv moves by one
-    quantization step (in_scale x the largest L1 norm of a weight row)."""
-    bounds = []
-    for yolo in model.yolo_layers:
-        key = f'L{yolo - 1:03d}_'
-        w = params[key + 'w'] * params[key + 'w_scale'].reshape(-1, 1, 1, 1)
-        bounds.append(float(params[key + 'in_scale']) * np.abs(w).reshape(len(w), -1).sum(1).max())
-    return bounds
-
-
 @pytest.mark.parametrize('cfg', ['cfg/yolov3-mini-shapes.cfg', MOBILE])
 @pytest.mark.parametrize('bits', [8, 4])
 def test_integer_forward_is_bit_exact_for_fpga(cfg, bits):
@@ -334,7 +323,7 @@ def test_integer_forward_matches_fake_quant_within_one_step(spec):
     heads = int_forward(params, x.numpy(), trace)
     for i in trace:
         assert (trace[i] == codes[i].long().numpy()).mean() > 0.85, i
-    for h, r, bound in zip(heads, raw, head_input_step_bound(params, model)):
+    for h, r, bound in zip(heads, raw, head_step_bounds(params, model)):
         assert np.abs(h - r.numpy()).max() <= bound
 
 
@@ -374,11 +363,19 @@ def test_qat_after_pruning_and_from_darknet_weights(tmp_path, tiny_data):
               pruned_pt, *flags, cfg='')
     model, _ = models.model_from_checkpoint(tmp_path / 'runs' / 'qp' / 'weights' / 'last.pt', img_size=128)
     assert model.cfg_text() == models.load_checkpoint(pruned_pt)['cfg']  # the pruned architecture, quantized
+    import export
+    qat = tmp_path / 'runs' / 'qp' / 'weights' / 'last.pt'
+    npz, = export.main(['--weights', str(qat), '--format', 'qparams', '--data', str(tiny_data), '--img-size', '128',
+                        '--reorder', '4', '4'])
+    assert npz == qat.with_name('last_qparams.npz')
+    params = dict(np.load(npz, allow_pickle=False))
     x = torch.rand(1, 3, 128, 128)
     with torch.no_grad():
         raw = model.eval()(x)[1]
-    for h, r in zip(int_forward(export_qparams(model), x.numpy()), raw):
+    for h, r in zip(int_forward(params, x.numpy()), raw):
         assert np.array_equal(h, r.numpy())
+    with pytest.raises(SystemExit, match='not quantized'):
+        export.main(['--weights', pruned_pt, '--format', 'qparams', '--data', str(tiny_data), '--img-size', '128'])
     darknet = tmp_path / 'runs' / 'qp' / 'weights' / 'best.weights'  # float shadow weights in Darknet format
     cfg = tmp_path / 'pruned.cfg'
     cfg.write_text(model.cfg_text())

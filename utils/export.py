@@ -42,7 +42,7 @@ import torch.nn as nn
 from utils.backends import META_KEY, OnnxRuntimeModel, OpenVinoModel, is_exported
 from utils.general import atomic_write_bytes, atomic_write_text
 
-FORMATS = ('onnx', 'openvino', 'darknet')
+FORMATS = ('onnx', 'openvino', 'darknet', 'qparams')
 MIN_OPSET, MAX_OPSET = 13, 20  # 13: per-channel QDQ; 20: the TorchScript exporter's last opset
 FP32_TOL = 1e-4
 OPENCV_BN_EPS = 1e-6  # OpenCV DNN's BatchNorm epsilon (Darknet and our models: 1e-5)
@@ -405,7 +405,7 @@ def default_output(weights, fmt, int8=False):
     weights = Path(weights)
     stem = weights.stem + ('_int8' if int8 else '')
     return {'onnx': weights.with_name(f'{stem}.onnx'), 'openvino': weights.with_name(f'{stem}_openvino'),
-            'darknet': weights.with_name(f'{stem}.weights')}[fmt]
+            'darknet': weights.with_name(f'{stem}.weights'), 'qparams': weights.with_name(f'{stem}_qparams.npz')}[fmt]
 
 
 def output_paths(opt):
@@ -414,6 +414,8 @@ def output_paths(opt):
     out = Path(opt.out) if opt.out else default_output(opt.weights, opt.format, opt.int8)
     if opt.format == 'onnx' and out.suffix != '.onnx':
         raise ValueError(f'--out {out}: an ONNX export needs a .onnx path')
+    if opt.format == 'qparams' and out.suffix != '.npz':
+        raise ValueError(f'--out {out}: integer parameters are written as a .npz file')
     if opt.format == 'darknet' and out.suffix != '.weights':
         raise ValueError(f'--out {out}: a Darknet export needs a .weights path (the .cfg goes next to it)')
     paths = [out, out.with_suffix('.cfg')] if opt.format == 'darknet' else [out]
@@ -484,6 +486,8 @@ def run(opt):
     model, entries = load_source_model(opt, device)
     check_list = data.get('valid') or data['train']
     images = dataset_images(check_list, opt.img_size, max(opt.batch_size, CHECK_IMAGES), spread=False)
+    if opt.format == 'qparams':
+        return export_and_check_qparams(model, paths[0], images, getattr(opt, 'reorder', None))
     if opt.format == 'darknet':
         from utils.quant import spec_of
         if spec_of(model) is not None:
@@ -491,6 +495,23 @@ def run(opt):
                              f'openvino (QDQ with its own scales)')
         return export_and_check_darknet(model, paths[0], images)
     return export_and_check_graph(opt, model, entries, data, paths[0], images, device)
+
+
+def export_and_check_qparams(model, path, images, reorder=None):
+    """Integer weights, biases, scales and zero points (utils/qparams.py), checked by running
+    the NumPy integer forward (utils/int_forward.py) against the fake-quant model."""
+    from utils.qparams import check_int_forward, save_qparams
+    params = save_qparams(model, path, reorder)
+    print(f'wrote {path} ({sum(k.endswith("_w") for k in params)} quantized convs)')
+    results = check_int_forward(model, params, images)
+    for i, (diff, tol) in enumerate(results):
+        print(f'integer forward vs fake-quant PyTorch, head {i}: max |diff| {diff:.3g} '
+              f'({"bit-exact required" if tol == 0 else f"tolerance {tol:.3g}: one step of every head input"})')
+    bad = [i for i, (diff, tol) in enumerate(results) if diff > tol]
+    if bad:
+        raise ValueError(f'{path}: the integer forward differs from the model at heads {bad} beyond tolerance '
+                         '(see above); please report it with the checkpoint')
+    return [path]
 
 
 def export_and_check_darknet(model, weights_path, images):

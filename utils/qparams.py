@@ -106,6 +106,31 @@ def export_qparams(model):
     return arrays
 
 
+def head_step_bounds(params, model):
+    """Per head: how far its raw output moves when every input of the head conv moves by one
+    quantization step (in_scale x the largest L1 norm of a weight row): the tolerance of the
+    integer forward against a fake-quant model whose scales are not powers of two."""
+    bounds = []
+    for yolo in model.yolo_layers:
+        key = f'L{yolo - 1:03d}_'
+        w = params[key + 'w'] * params[key + 'w_scale'].reshape(-1, 1, 1, 1)
+        bounds.append(float(params[key + 'in_scale']) * np.abs(w).reshape(len(w), -1).sum(1).max())
+    return bounds
+
+
+@torch.no_grad()
+def check_int_forward(model, params, images):
+    """Run the NumPy integer forward and the fake-quant model on ``images`` (float [B,3,H,W]
+    in [0, 1]); returns [(max |difference|, tolerance)] per head. FPGA models must be exact."""
+    from utils.int_forward import int_forward
+    device = next(model.parameters()).device
+    raw = model.eval()(torch.as_tensor(images, device=device))[1]
+    heads = int_forward(params, np.asarray(images, np.float32))
+    exact = spec_of(model).fpga
+    return [(float(np.abs(h - r.cpu().numpy()).max()), 0.0 if exact else bound)
+            for h, r, bound in zip(heads, raw, head_step_bounds(params, model))]
+
+
 def save_qparams(model, path, reorder=None):
     """Write the .npz atomically; ``reorder=(TM, TN)`` adds each layer's tiled weight stream
     as ``L###_w_reorder`` (see reorder_tiles)."""
