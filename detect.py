@@ -12,10 +12,6 @@ import argparse
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,117 +62,60 @@ def exported_detector(opt, device):
     return model, {'names': model.names} if model.names else {}
 
 
-def run(opt):
+def load_detector(opt, device):
+    """(model to run, checkpoint entries): an export as it is, else the .pt/.weights model,
+    quantized and calibrated as the flags / checkpoint say, BN-fused and channels_last."""
     import models
     from utils.backends import is_exported
+    if is_exported(opt.weights):  # runs as it is: fused, optimised and (maybe) quantized at export
+        return exported_detector(opt, device)
+    from utils.quant import prepare_for_inference, spec_from_opt
+    model, ckpt = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=spec_from_opt(opt))
+    if opt.calib and opt.data == 'data/shapes.data':
+        from utils.datasets import default_data
+        opt.data = default_data()
+    prepare_for_inference(model, opt, device)
+    return models.optimize_for_inference(model, compile=opt.compile), ckpt
+
+
+def run(opt):
     from tqdm import tqdm
-    from utils.datasets import LoadImages, LoadStreams, scale_boxes
-    from utils.evaluation import tta_forward
+    from utils.backends import is_exported
+    from utils.datasets import LoadImages, LoadStreams
+    from utils.detector import DetectionSink, detect_frame, summary
     from utils.general import increment_path
-    from utils.nms import non_max_suppression
-    from utils.plots import colors
-    from utils.torch_utils import select_device
     from utils.parse_config import read_names
+    from utils.torch_utils import select_device
     src = default_source() if not opt.source else str(opt.source)
     is_stream = src.isnumeric() or src.lower().startswith(('rtsp://', 'rtmp://', 'http://', 'https://'))
     if not is_stream and not any(ch in src for ch in '*?') and not Path(src).exists():
         raise FileNotFoundError(f'--source {src} does not exist')  # before the (slow) model load
     device = select_device(opt.device)
-    exported = is_exported(opt.weights)
-    if exported:  # runs as it is: fused, optimised and (maybe) quantized at export
-        model, ckpt = exported_detector(opt, device)
-        fast = model
-    else:
-        from utils.quant import prepare_for_inference, spec_from_opt
-        model, ckpt = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=spec_from_opt(opt))
-        if opt.calib and opt.data == 'data/shapes.data':
-            from utils.datasets import default_data
-            opt.data = default_data()
-        prepare_for_inference(model, opt, device)
-        fast = models.optimize_for_inference(model, compile=opt.compile)
+    model, ckpt = load_detector(opt, device)
     names = read_names(opt.names, model.nc) if opt.names or not ckpt.get('names') else ckpt['names']
     dataset = LoadStreams(src, img_size=opt.img_size) if is_stream else LoadImages(src, img_size=opt.img_size)
-    if exported:
+    if is_exported(opt.weights):
         dataset.auto = False  # letterbox to the export's full square input, not to the next stride multiple
-    save_dir = increment_path(Path(opt.project) / opt.name)
-    writers = {}
-    t_start, n, quit_requested = time.time(), 0, False
+    sink = DetectionSink(increment_path(Path(opt.project) / opt.name), names, opt.fourcc, opt.save_txt, opt.view_img)
+    t_start, n = time.time(), 0
     bar = tqdm(dataset, total=None if is_stream else dataset.frame_count(), unit='frame',
                bar_format='{l_bar}{bar:10}{r_bar}')
     try:
         for path, img, im0s, cap, status in bar:
             batch = [(path, img, im0s)] if not is_stream else list(zip(path, img, im0s))
             for p, im, im0 in batch:
-                x = torch.from_numpy(np.ascontiguousarray(im)).to(device).float().div_(255.0)[None]
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    x = x.contiguous(memory_format=torch.channels_last)
-                    pred = tta_forward(fast, x) if opt.augment else fast(x)[0]
-                    det = non_max_suppression(pred, opt.conf_thres, opt.iou_thres, classes=opt.classes,
-                                              agnostic=opt.agnostic_nms)[0].clone()
-                    det[:, :4] = scale_boxes(x.shape[2:], det[:, :4], im0.shape[:2]).round()
-                dt = time.perf_counter() - t0
-                det = det.cpu()
-                counts = ', '.join(f'{int((det[:, 5] == c).sum())} {names[int(c)]}' for c in det[:, 5].unique())
-                bar.write(f'{status}{x.shape[2]}x{x.shape[3]} {counts or "no detections"} ({1e3 * dt:.1f} ms)')
-                annotated = draw_detections(im0.copy(), det, names, colors)
-                stem = Path(p).stem if not is_stream else f'stream{p}'
-                if opt.save_txt:
-                    write_txt(save_dir / 'labels' / f'{stem}{_frame_suffix(dataset, cap)}.txt', det, im0.shape)
-                if cap is None and not is_stream:
-                    cv2.imwrite(str(save_dir / Path(p).name), annotated)
-                else:
-                    out = save_dir / f'{stem}.mp4'
-                    if out not in writers:
-                        fps = (cap.get(cv2.CAP_PROP_FPS) if cap is not None else 0) or 30
-                        h, w = annotated.shape[:2]
-                        writers[out] = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*opt.fourcc), fps, (w, h))
-                    writers[out].write(annotated)
+                det, (h, w), dt = detect_frame(model, im, im0.shape, device, opt.conf_thres, opt.iou_thres,
+                                               opt.classes, opt.agnostic_nms, opt.augment)
+                bar.write(f'{status}{h}x{w} {summary(det, names)} ({1e3 * dt:.1f} ms)')
+                sink.write(p, im0, det, cap, getattr(dataset, 'frame', 0), stream=is_stream)
                 n += 1
-                if opt.view_img:
-                    cv2.imshow(str(p), annotated)
-                    quit_requested = cv2.waitKey(1) == ord('q')
-            if quit_requested:
+            if sink.quit_requested:
                 break
     finally:  # videos stay playable when a stream is stopped with q or Ctrl-C
         bar.close()
-        for w in writers.values():
-            w.release()
-    print(f'{n} images/frames in {time.time() - t_start:.1f} s. Results saved to {save_dir}')
-    return save_dir
-
-
-def _frame_suffix(dataset, cap):
-    return f'_{getattr(dataset, "frame", 0)}' if cap is not None else ''
-
-
-def draw_detections(img, det, names, colors):
-    """Boxes with a stable colour per class and 'name conf' labels (in place, BGR image)."""
-    lw = max(round(sum(img.shape[:2]) / 2 * 0.003), 2)
-    for *xyxy, conf, cls in det.tolist():
-        c = colors(int(cls), bgr=True)
-        p1, p2 = (int(xyxy[0]), int(xyxy[1])), (int(xyxy[2]), int(xyxy[3]))
-        cv2.rectangle(img, p1, p2, c, lw, cv2.LINE_AA)
-        label = f'{names[int(cls)]} {conf:.2f}'
-        tf = max(lw - 1, 1)
-        tw, th = cv2.getTextSize(label, 0, lw / 3, tf)[0]
-        top = p1[1] - th - 3 >= 0
-        q2 = (p1[0] + tw, p1[1] - th - 3 if top else p1[1] + th + 3)
-        cv2.rectangle(img, p1, q2, c, -1, cv2.LINE_AA)
-        cv2.putText(img, label, (p1[0], p1[1] - 2 if top else p1[1] + th + 2), 0, lw / 3, (255, 255, 255), tf,
-                    cv2.LINE_AA)
-    return img
-
-
-def write_txt(path, det, shape):
-    """YOLO rows: class cx cy w h conf, normalised to the original image."""
-    from utils.general import atomic_write_text
-    h, w = shape[:2]
-    rows = []
-    for x1, y1, x2, y2, conf, cls in det.tolist():
-        rows.append(f'{int(cls)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} '
-                    f'{(y2 - y1) / h:.6f} {conf:.5f}')
-    atomic_write_text(path, '\n'.join(rows) + ('\n' if rows else ''))
+        sink.close()
+    print(f'{n} images/frames in {time.time() - t_start:.1f} s. Results saved to {sink.save_dir}')
+    return sink.save_dir
 
 
 def main(argv=None):

@@ -6,10 +6,13 @@
     torchrun --nproc_per_node 2 train.py ...           # multi-GPU (or multi-process CPU) DDP
     python3 train.py --weights pruned.pt               # fine-tune the architecture the checkpoint carries
     python3 train.py --weights base.pt -sr --s 0.001 --prune 0      # BN-sparsity training before pruning
+    python3 train.py --weights pruned.pt --t_weights base.pt --KDstr 3   # fine-tune with distillation
+    python3 train.py --weights base.pt --quantized 1 --BN_Fold --FPGA --epochs 3   # quantization-aware training
 
 Flags follow the 2020 upstream project (``--img-size min max test``, ``--accumulate`` via the
 nominal batch ``--nbs``, ``-pt``, ``-sr --s --prune``...). Features plug into the Trainer's hooks
-(``add_features``); quantization and distillation flags arrive with their issues.
+(``add_features``): sparsity (utils/sparsity.py), quantization (utils/quant.py),
+distillation (utils/distill.py).
 """
 import argparse
 
@@ -72,6 +75,16 @@ def parse_args(argv=None):
     sr.add_argument('--sr-schedule', default=None, choices=['constant', 'step', 'cosine'],
                     help='lambda over the epochs: constant (default), step (0.1 x lambda from half the epochs), '
                          'cosine (lambda x (1 + cos(pi e / E)) / 2)')
+    kd = p.add_argument_group('knowledge distillation (utils/distill.py)')
+    kd.add_argument('--KDstr', '--kdstr', dest='KDstr', type=int, default=None, choices=[1, 2, 3, 4, 5],
+                    help='strategy: 1 output KL, 2 obj/cls KL + boxes where the student is worse than the teacher, '
+                         '3 obj/cls KL + box imitation, 4 = 3 + feature attention, 5 = 4 under the fine-grained mask')
+    kd.add_argument('--t_weights', '--t-weights', dest='t_weights', default='',
+                    help='teacher weights (.pt, or Darknet .weights with --t_cfg); same head layout as the student')
+    kd.add_argument('--t_cfg', '--t-cfg', dest='t_cfg', default='',
+                    help='teacher cfg (default: the cfg a .pt --t_weights carries)')
+    from utils.quant import add_quant_args
+    add_quant_args(p, train=True)
     opt = p.parse_args(argv)
     if opt.sr:
         opt.s = 0.001 if opt.s is None else opt.s
@@ -84,6 +97,9 @@ def parse_args(argv=None):
                  if v is not None]
         if given:  # upstream HEAD turned sparsity on with --prune alone; say so rather than train dense
             p.error(f'{" ".join(given)}: only used by sparsity training, which is off; add -sr')
+    kd_error = distillation_flag_error(opt)
+    if kd_error:
+        p.error(kd_error)
     if opt.accumulate:
         opt.nbs = opt.accumulate * opt.batch_size
     opt.img_size = (opt.img_size + [opt.img_size[-1]] * 2)[:3]
@@ -92,12 +108,31 @@ def parse_args(argv=None):
     return opt
 
 
+def distillation_flag_error(opt):
+    """The message for inconsistent --KDstr / --t_weights / --t_cfg, else None."""
+    if opt.KDstr is None:
+        given = [f for f, v in (('--t_weights', opt.t_weights), ('--t_cfg', opt.t_cfg)) if v]
+        return f'{" ".join(given)}: only used by distillation, which is off; add --KDstr 1..5' if given else None
+    if not opt.t_weights:
+        return f'--KDstr {opt.KDstr} needs the teacher: add --t_weights (a .pt, or Darknet .weights with --t_cfg)'
+    if not opt.t_weights.endswith(('.pt', '.pth')) and not opt.t_cfg:
+        return f'--t_weights {opt.t_weights}: Darknet weights carry no cfg; add --t_cfg'
+    return None
+
+
 def add_features(trainer):
     """Register the hooks of the features the trainer's options turn on (before it builds its model)."""
     opt = trainer.opt
     if opt.sr:
         from utils.sparsity import attach_sparsity
         attach_sparsity(trainer, s=opt.s, prune=opt.prune, schedule=opt.sr_schedule)
+    if opt.KDstr:
+        from utils.distill import attach_distillation
+        attach_distillation(trainer, t_weights=opt.t_weights, strategy=opt.KDstr, t_cfg=opt.t_cfg)
+    from utils.quant import attach_quantization, spec_from_opt
+    spec = spec_from_opt(opt)
+    if spec is not None:
+        attach_quantization(trainer, spec)
     return trainer
 
 
@@ -109,6 +144,10 @@ def main(argv=None):
     with user_errors(FloatingPointError):
         if opt.resume:
             opt = resume_options(opt, defaults=parse_args([]))
+        else:
+            from utils.quant import adopt_checkpoint_spec, spec_from_opt
+            spec_from_opt(opt)  # flag errors before any work
+            adopt_checkpoint_spec(opt)
         if opt.data == DEFAULT_DATA:
             opt.data = default_data()
         if opt.evolve:

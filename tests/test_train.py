@@ -185,3 +185,15 @@ def test_ddp_matches_single_process(tmp_path):
                 (k, (step_a - step_b).abs().max().item(), step_a.abs().max().item())
     assert all(models.load_checkpoint(tmp_path / 'runs' / n / 'weights' / 'last.pt')['updates'] == 1
                for n in ('single', 'ddp'))
+
+
+def test_evolve_writes_its_search_into_the_project(tmp_path, tiny_data):
+    """Two generations of --evolve: evolve.csv holds both, sorted by fitness, and
+    hyp_evolved.yaml the best row's values; everything under --project/<name>."""
+    run_train(tmp_path, tiny_data, '--evolve', '2', '--epochs', '1', '--batch-size', '8', '--name', 'search')
+    out = tmp_path / 'runs' / 'search'
+    rows = list(csv.DictReader(open(out / 'evolve.csv')))
+    assert len(rows) == 2 and float(rows[0]['fitness']) >= float(rows[1]['fitness'])
+    best = yaml.safe_load((out / 'hyp_evolved.yaml').read_text())
+    assert math.isclose(best['lr0'], float(rows[0]['lr0']), rel_tol=1e-5)
+    assert not Path('runs/evolve/search').exists()

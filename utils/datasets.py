@@ -364,6 +364,16 @@ def scale_boxes(img1_shape, boxes, img0_shape, ratio_pad=None):
     return boxes
 
 
+def write_detections_txt(path, det, shape):
+    """YOLO rows ``class cx cy w h conf`` (normalised to an image of ``shape`` (h, w, ...)) of
+    detections det [n, 6] (xyxy pixels, conf, cls), written atomically."""
+    det = np.asarray(det, dtype=np.float64).reshape(-1, 6)
+    boxes = xyxy2xywhn(det[:, :4], shape[1], shape[0])
+    rows = [f'{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f} {conf:.5f}' for (x, y, w, h), conf, c in
+            zip(boxes, det[:, 4], det[:, 5])]
+    atomic_write_bytes(path, ('\n'.join(rows) + ('\n' if rows else '')).encode())
+
+
 def random_train_size(min_size, max_size, stride=32, rng=None):
     """A uniformly random multiple of ``stride`` in [min_size, max_size] (multi-scale training).
     rng: numpy Generator (or the legacy np.random module); ValueError if the range holds none."""

@@ -5,7 +5,8 @@ Each generation picks a parent from the best results so far (fitness-weighted am
 0.3, 3.0) with probability 0.9), clips it to its range, trains a full run (final-epoch
 evaluation only) and appends (fitness, metrics, hyps) to ``evolve.csv``, kept sorted by
 fitness. The best hyps are written to ``hyp_evolved.yaml``. Both files live in
-``runs/evolve/<name>``; re-running with the same --name continues the search.
+``runs/evolve/<name>`` (``<--project>/<name>`` when --project is given); re-running with the
+same --name continues the search.
 """
 import copy
 import csv
@@ -15,6 +16,8 @@ import numpy as np
 import yaml
 
 from utils.general import atomic_write_text
+
+TRAIN_PROJECT, EVOLVE_PROJECT = 'runs/train', 'runs/evolve'
 
 # key: (mutation gain, low, high)
 SPACE = {
@@ -70,9 +73,11 @@ def write_rows(path, rows):
 def evolve(opt, configure=None):
     """``opt.evolve`` generations; ``configure(trainer)`` registers feature hooks on each run's Trainer."""
     from utils.metrics import fitness
-    from utils.trainer import Trainer, load_hyp
+    from utils.trainer import Trainer, hyp_path, load_hyp
+    opt.hyp = hyp_path(opt)
     base = load_hyp(opt.hyp)
-    out = Path('runs/evolve') / opt.name
+    # train.py's default project is runs/train; a search has its own home unless --project says otherwise
+    out = Path(EVOLVE_PROJECT if opt.project in ('', TRAIN_PROJECT) else opt.project) / opt.name
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / 'evolve.csv'
     rng = np.random.default_rng(opt.seed + len(read_rows(csv_path)))

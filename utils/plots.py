@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from utils.general import atomic_write_bytes
+from utils.metrics import class_name
 
 # 20 well-separated colours (RGB); class i uses PALETTE[i % 20] everywhere (boxes, curves)
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -33,12 +34,6 @@ def colors(i, bgr=False):
 
 def _rgb01(i):
     return tuple(v / 255 for v in colors(i))
-
-
-def _name(names, c):
-    if isinstance(names, dict):
-        return str(names.get(c, c))
-    return str(names[c]) if names is not None and 0 <= c < len(names) else str(c)
 
 
 def _new_figure(figsize):
@@ -73,7 +68,7 @@ def plot_pr_curve(recall, precision, ap50, save_path, names=None):
     precision = np.asarray(precision).reshape(-1, len(recall))
     legend = len(precision) < 21
     for i, (y, a) in enumerate(zip(precision, ap50)):
-        ax.plot(recall, y, linewidth=1, color=_rgb01(i), label=f'{_name(names, i)} {a:.3f}' if legend else None)
+        ax.plot(recall, y, linewidth=1, color=_rgb01(i), label=f'{class_name(names, i)} {a:.3f}' if legend else None)
     if len(precision):
         ax.plot(recall, precision.mean(0), linewidth=3, color='blue', label=f'all classes {np.mean(ap50):.3f} mAP@0.5')
     ax.set(xlabel='Recall', ylabel='Precision', xlim=(0, 1), ylim=(0, 1.01), title='Precision-Recall (IoU 0.5)')
@@ -88,7 +83,7 @@ def plot_mc_curve(x, y, save_path, names=None, xlabel='Confidence', ylabel='Metr
     y = np.asarray(y).reshape(-1, len(x))
     legend = len(y) < 21
     for i, yi in enumerate(y):
-        ax.plot(x, yi, linewidth=1, color=_rgb01(i), label=_name(names, i) if legend else None)
+        ax.plot(x, yi, linewidth=1, color=_rgb01(i), label=class_name(names, i) if legend else None)
     if len(y):
         mean = y.mean(0)
         best = int(mean.argmax())
@@ -137,7 +132,8 @@ def _to_uint8_images(images):
     return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
 
 
-def _draw_box(img, xyxy, color_bgr, text, thickness):
+def draw_box(img, xyxy, color_bgr, text, thickness):
+    """One box (xyxy pixels) with an optional filled label, in place on a BGR image."""
     p1, p2 = (int(round(xyxy[0])), int(round(xyxy[1]))), (int(round(xyxy[2])), int(round(xyxy[3])))
     cv2.rectangle(img, p1, p2, color_bgr, thickness)  # no anti-aliasing: crisp class colour
     if text:
@@ -188,14 +184,23 @@ def plot_images(images, targets=None, paths=None, fname='images.jpg', names=None
         xyxy = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
         for r, b in zip(rows, xyxy):
             c = int(r[1])
-            text = _name(names, c) + (f' {r[6]:.2f}' if len(r) == 7 else '')
-            _draw_box(tile, b, colors(c, bgr=True), text, thickness)
+            text = class_name(names, c) + (f' {r[6]:.2f}' if len(r) == 7 else '')
+            draw_box(tile, b, colors(c, bgr=True), text, thickness)
         if paths is not None and i < len(paths):
             cv2.putText(tile, Path(str(paths[i])).name[:40], (5, max(12, th // 30)), cv2.FONT_HERSHEY_SIMPLEX,
                         max(0.35, th / 1200), (220, 220, 220), 1, cv2.LINE_AA)
         mosaic[y0:y0 + th, x0:x0 + tw] = tile
         cv2.rectangle(mosaic, (x0, y0), (x0 + tw - 1, y0 + th - 1), (255, 255, 255), thickness)
     return save_image(mosaic, fname)
+
+
+def draw_detections(img, det, names=None):
+    """Detections det [n, 6] (xyxy pixels, conf, cls) drawn on a BGR image in place, a stable
+    colour per class and 'name conf' labels, line width scaled to the image."""
+    thickness = max(round(sum(img.shape[:2]) / 2 * 0.003), 2)
+    for *xyxy, conf, cls in np.asarray(det, dtype=np.float64).reshape(-1, 6):
+        draw_box(img, xyxy, colors(int(cls), bgr=True), f'{class_name(names, int(cls))} {conf:.2f}', thickness)
+    return img
 
 
 # ----------------------------------------------------------------------------------------- datasets, runs
@@ -215,7 +220,7 @@ def plot_labels(labels, names=None, save_dir='.'):
     a0.bar(range(nc), counts, color=[_rgb01(i) for i in range(nc)])
     a0.set(ylabel='instances', title=f'{len(lab)} labels, {nc} classes')
     if nc <= 30:
-        a0.set_xticks(range(nc), [_name(names, i) for i in range(nc)], rotation=90, fontsize=8)
+        a0.set_xticks(range(nc), [class_name(names, i) for i in range(nc)], rotation=90, fontsize=8)
     for ax, (i, j), (xl, yl) in ((a1, (1, 2), ('x', 'y')), (a2, (3, 4), ('width', 'height'))):
         if len(lab):
             ax.hist2d(lab[:, i], lab[:, j], bins=50, range=[[0, 1], [0, 1]], cmap='Blues')
@@ -250,15 +255,18 @@ def read_results_csv(path):
 
 def plot_results(results_csv, save_dir=None):
     """One panel per results.csv column (epoch on x) -> save_dir/results.png (default: next to the csv).
-    Expected columns: epoch, lr, box, obj, cls, P, R, mAP@0.5, mAP@0.5:0.95, val_box, val_obj, val_cls
-    (any numeric columns are plotted; ``epoch`` is the x axis when present)."""
+    Expected columns: epoch, lr, box, obj, cls, P, R, mAP@0.5, mAP@0.5:0.95, val_box, val_obj, val_cls,
+    then any extra ones (loss terms such as distillation's kd_*, epoch-hook columns such as
+    sparsity's): every numeric column is plotted, at most 8 panels a row (``epoch`` is the x axis
+    when present)."""
     header, data = read_results_csv(results_csv)
     x_col = header.index('epoch') if 'epoch' in header else None
     x = data[:, x_col] if x_col is not None else np.arange(len(data))
     cols = [i for i in range(len(header)) if i != x_col]
-    ncols = math.ceil(len(cols) / 2)
-    fig = _new_figure((3 * ncols, 6))
-    axes = np.atleast_1d(fig.subplots(2, ncols)).reshape(-1)
+    nrows = max(2, math.ceil(len(cols) / 8))
+    ncols = math.ceil(len(cols) / nrows)
+    fig = _new_figure((3 * ncols, 3 * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).reshape(-1)
     for ax, i in zip(axes, cols):
         ax.plot(x, data[:, i], marker='.', linewidth=2, markersize=6)
         ax.set_title(header[i], fontsize=11)

@@ -15,7 +15,12 @@ Hooks must be registered before ``setup()`` / ``train()``.
     from the transformed model. A transform may also just inspect the model (and raise a
     ValueError for a model it cannot handle) and return it.
 ``loss_terms``: ``fn(trainer, imgs, targets, heads) -> (loss scalar, {name: value})``, added to
-    the loss of every micro-batch (distillation).
+    the loss of every micro-batch (distillation); imgs are the batch exactly as the model saw
+    it (augmented, multi-scale resized). The values (detached; they should add up to the
+    scalar) are logged like box/obj/cls: a progress-bar column each and their sum in its
+    total, their epoch means (over ranks under DDP) as results.csv columns after
+    RESULT_FIELDS (first-seen order, kept across ``--resume``) and panels of results.png.
+    Every step must return the same names.
 ``grad_hooks``: ``fn(trainer)``, called once per optimizer step, after the last micro-batch's
     backward, on the accumulated gradients, unscaled (AMP) and, under DDP, already averaged
     over ranks, right before ``optimizer.step``; a hook may change ``p.grad`` (BN sparsity).
@@ -73,6 +78,11 @@ TRAINER_CKPT_KEYS = frozenset({'epoch', 'best_fitness', 'model', 'cfg', 'optimiz
                                'updates', 'names', 'rng', 'scaler', 'ema', 'ema_updates'})  # not for ckpt_extras
 
 HYP_REFERENCE = Path(__file__).resolve().parents[1] / 'data' / 'hyp.yaml'  # documents every key the code reads
+
+
+def hyp_path(opt):
+    """--hyp, else the dataset's own recipe (a `hyp=` line in its .data file), else the v2020 defaults."""
+    return opt.hyp or parse_data_cfg(opt.data).get('hyp', 'data/hyp.yaml')
 
 
 def load_hyp(path):
@@ -141,8 +151,7 @@ class Trainer:
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group('nccl' if self.device.type == 'cuda' else 'gloo')
         init_seeds(opt.seed + max(self.rank, 0))
-        if not opt.hyp:  # the dataset's own recipe (a `hyp=` line in its .data file), else the v2020 defaults
-            opt.hyp = parse_data_cfg(opt.data).get('hyp', 'data/hyp.yaml')
+        opt.hyp = hyp_path(opt)
         self.hyp = load_hyp(opt.hyp)
         if opt.adam:
             self.hyp['optimizer'] = 'adam'
@@ -274,7 +283,8 @@ class Trainer:
                     f'rewrite the cfg with `python3 models.py rewrite CFG OUT.cfg --classes {self.nc}`')
             raise ValueError(f'{cfg_name} has {model.nc} classes but {opt.data} has {self.nc}; {hint}')
         _init_head_biases(model)
-        if init is not None:
+        if init is not None:  # a quantization-aware checkpoint holds its quantizers' state: build them first
+            model = models.quantize_as_saved(model, init, weights)
             loaded, skipped = models.load_state_dict_matching(model, init['model'], weights, pretrain=opt.pretrain)
             if self.main:
                 print(f'{weights}: loaded {len(loaded)} tensors' +
@@ -304,10 +314,9 @@ class Trainer:
             if opt.close_mosaic and epoch >= epochs - opt.close_mosaic and hasattr(self.train_set, 'close_mosaic'):
                 self.train_set.close_mosaic()
             self.ddp.train()
-            mean_items = torch.zeros(4, device=self.device)
+            mean_items = None  # epoch means of box, obj, cls, the loss terms' columns, total
             pbar = enumerate(self.train_loader)
             if self.main:
-                print(('\n' + '%10s' * 8) % ('Epoch', 'mem', 'box', 'obj', 'cls', 'total', 'targets', 'img_size'))
                 pbar = tqdm(pbar, total=nb, bar_format='{l_bar}{bar:10}{r_bar}')
             self.optimizer.zero_grad(set_to_none=True)
             for i, (imgs, targets, paths, _) in pbar:
@@ -318,11 +327,14 @@ class Trainer:
                 if self.multi_scale:
                     imgs = self._random_resize(imgs, ni)
                 loss, items = self._step(imgs, targets, ni)
-                mean_items = (mean_items * i + items) / (i + 1)
+                mean_items = items if mean_items is None else (mean_items * i + items) / (i + 1)
                 if self.main:
+                    if i == 0:  # the loss terms' columns are known from the first step on
+                        columns = ('Epoch', 'mem', *self.loss_columns, 'total', 'targets', 'img_size')
+                        pbar.write(('\n' + '%10s' * len(columns)) % columns)
                     mem = (f'{torch.cuda.memory_reserved() / 1e9:.3g}G' if self.device.type == 'cuda' else
                            f'{_rss_gb():.3g}G')
-                    pbar.set_description(('%10s' * 2 + '%10.4g' * 6) % (
+                    pbar.set_description(('%10s' * 2 + '%10.4g' * (len(mean_items) + 2)) % (
                         f'{epoch}/{epochs - 1}', mem, *mean_items.tolist(), len(targets), imgs.shape[-1]))
                 if i == 0 and epoch == self.start_epoch and self.main and not opt.evolve:
                     self._plot_batch(imgs, targets, paths)
@@ -330,8 +342,9 @@ class Trainer:
             if self.main:
                 final = epoch == epochs - 1
                 metrics = self._validate(final)
-                row = {'epoch': epoch, 'lr': lr, 'box': mean_items[0].item(), 'obj': mean_items[1].item(),
-                       'cls': mean_items[2].item(), 'P': metrics['precision'], 'R': metrics['recall'],
+                self._add_columns(self.loss_columns[3:], 'loss term')
+                losses = dict(zip(self.loss_columns, mean_items.tolist()))  # box, obj, cls, then loss terms'
+                row = {'epoch': epoch, 'lr': lr, **losses, 'P': metrics['precision'], 'R': metrics['recall'],
                        'mAP@0.5': metrics['map50'], 'mAP@0.5:0.95': metrics['map50_95'],
                        **dict(zip(('val_box', 'val_obj', 'val_cls'), metrics.get('val_losses', [0, 0, 0])))}
                 for hook in self.epoch_hooks:
@@ -358,14 +371,18 @@ class Trainer:
 
     def _step(self, imgs, targets, ni):
         """Forward, loss (+ extra terms), backward; every ``current_accumulate`` batches: grad
-        hooks and the optimizer step."""
+        hooks and the optimizer step. Returns (loss, items): items = [box, obj, cls, the loss
+        terms' values in ``self.loss_columns[3:]`` order, total], detached."""
         amp = self.device.type == 'cuda'
         with torch.autocast(self.device.type, enabled=amp):
             heads = self.ddp(imgs)
             loss, items = self.loss_fn(heads, targets.to(self.device), imgs.shape[-2:])
+            named = {}
             for term in self.loss_terms:
-                extra, _ = term(self, imgs, targets, heads)
+                extra, values = term(self, imgs, targets, heads)
                 loss = loss + extra
+                named.update(values)
+        items = self._with_term_columns(items, named)
         # gradients of the mean-per-batch loss, scaled to the nominal batch (DDP averages ranks)
         loss = loss * self.batch * self.world_size / self.nominal_batch
         if not torch.isfinite(loss):
@@ -396,6 +413,23 @@ class Trainer:
             if self.ema:
                 self.ema.update(self.model)
         return loss.detach(), items
+
+    def _with_term_columns(self, items, named):
+        """Detection items [box, obj, cls, total] + the loss terms' {name: value} -> [box, obj,
+        cls, *values, total + sum(values)]; the first call fixes ``self.loss_columns``."""
+        if not hasattr(self, 'loss_columns'):
+            clash = [k for k in named if k in RESULT_FIELDS or k == 'total']
+            if clash:
+                raise ValueError(f'loss term columns {clash} are the trainer\'s own')
+            self.loss_columns = ['box', 'obj', 'cls', *named]
+        if list(named) != self.loss_columns[3:]:
+            raise ValueError(f'loss terms returned columns {list(named)}, expected {self.loss_columns[3:]} '
+                             '(the same names at every step)')
+        if not named:
+            return items
+        values = torch.stack([torch.as_tensor(v, dtype=items.dtype, device=items.device).detach().reshape(())
+                              for v in named.values()])
+        return torch.cat((items[:3], values, (items[3] + values.sum()).reshape(1)))
 
     def _adjust_lr(self, epoch, epochs, ni, n_burn, lrf):
         hyp = self.hyp
@@ -445,13 +479,17 @@ class Trainer:
         extra = hook(self, epoch) or {}
         if not isinstance(extra, dict):
             raise TypeError(f'epoch hook {hook!r} returned {type(extra).__name__}, expected a dict or None')
-        clash = [k for k in extra if k in RESULT_FIELDS]
+        self._add_columns(extra, f'epoch hook {hook!r}')
+        return {k: float(v) for k, v in extra.items()}
+
+    def _add_columns(self, names, source):
+        """Append the new ones of ``names`` to result_fields (first-seen order)."""
+        clash = [k for k in names if k in RESULT_FIELDS]
         if clash:
-            raise ValueError(f'epoch hook {hook!r}: columns {clash} are the trainer\'s own')
-        for k in extra:
+            raise ValueError(f'{source}: columns {clash} are the trainer\'s own')
+        for k in names:
             if k not in self.result_fields:
                 self.result_fields.append(k)
-        return {k: float(v) for k, v in extra.items()}
 
     def _results_table(self):
         """[epochs, columns] of self.results in result_fields order; nan where a row has no value."""
