@@ -16,10 +16,8 @@ Command line:
 """
 import argparse
 import copy
-import math
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.general import atomic_save, atomic_write_bytes
+from utils.torch_utils import unwrap  # noqa: F401  (models.unwrap: what most callers import)
 from utils.parse_config import (CfgError, cfg_to_text, layer_output_shapes, parse_cfg, parse_cfg_text,
                                 rewrite_head, section_out_channels, write_cfg)
 
@@ -409,13 +408,6 @@ def optimize_for_inference(model, compile=False):
     return fast
 
 
-def unwrap(model):
-    """The Darknet inside DataParallel / DistributedDataParallel / compiled wrappers."""
-    while hasattr(model, 'module') and isinstance(model.module, nn.Module):
-        model = model.module
-    return getattr(model, '_orig_mod', model)
-
-
 # ----------------------------------------------------------------------------- Darknet .weights
 
 def _weight_blobs(model, cutoff=-1):
@@ -544,13 +536,18 @@ def save_weights(model, path, cutoff=-1):
 
 # ----------------------------------------------------------------------------- .pt checkpoints
 
-def save_checkpoint(path, model, optimizer=None, epoch=-1, best_fitness=None, **extra):
-    """Atomically save a self-describing checkpoint dict: epoch, best_fitness, model
-    (state dict), optimizer (state dict or None), cfg (cfg text), plus ``extra`` entries."""
+def checkpoint_dict(model, optimizer=None, epoch=-1, best_fitness=None, **extra):
+    """A self-describing checkpoint: epoch, best_fitness, model (state dict), optimizer (state
+    dict or None), cfg (cfg text), plus ``extra`` entries (names, quant, results, ...)."""
     m = unwrap(model)
-    ckpt = {'epoch': epoch, 'best_fitness': best_fitness, 'model': m.state_dict(),
+    return {'epoch': epoch, 'best_fitness': best_fitness, 'model': m.state_dict(),
             'optimizer': optimizer.state_dict() if hasattr(optimizer, 'state_dict') else optimizer,
             'cfg': m.cfg_text(), **extra}
+
+
+def save_checkpoint(path, model, optimizer=None, epoch=-1, best_fitness=None, **extra):
+    """Atomically save ``checkpoint_dict(model, ...)`` to ``path``."""
+    ckpt = checkpoint_dict(model, optimizer, epoch, best_fitness, **extra)
     return atomic_save(lambda tmp: torch.save(ckpt, tmp), path)
 
 

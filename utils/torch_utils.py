@@ -65,12 +65,11 @@ def time_sync(device=None):
     return time.perf_counter()
 
 
-def is_parallel(model):
-    return isinstance(model, (torch.nn.parallel.DataParallel, torch.nn.parallel.DistributedDataParallel))
-
-
-def de_parallel(model):
-    return model.module if is_parallel(model) else model
+def unwrap(model):
+    """The model inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while hasattr(model, 'module') and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return getattr(model, '_orig_mod', model)
 
 
 def world_info():
@@ -89,7 +88,7 @@ class ModelEMA:
     follow the model closely. Evaluate and save ``ema.ema``."""
 
     def __init__(self, model, decay=0.9999, tau=2000, updates=0):
-        self.ema = deepcopy(de_parallel(model)).eval()
+        self.ema = deepcopy(unwrap(model)).eval()
         self.updates, self.decay, self.tau = updates, decay, tau
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -97,7 +96,7 @@ class ModelEMA:
     def update(self, model):
         self.updates += 1
         d = self.decay * (1 - math.exp(-self.updates / self.tau))
-        msd = de_parallel(model).state_dict()
+        msd = unwrap(model).state_dict()
         with torch.no_grad():
             for k, v in self.ema.state_dict().items():
                 if v.dtype.is_floating_point:

@@ -46,7 +46,6 @@ under ``-pt``.
 Everything a run writes goes into its run folder (``runs/train/<name>``): opt.yaml,
 hyp.yaml, results.csv/png, weights/last.pt, weights/best.pt, weights/best.weights, plots.
 """
-import csv
 import math
 import os
 import time
@@ -65,7 +64,7 @@ from utils.general import atomic_save, atomic_write_text, increment_path
 from utils.loss import YOLOLoss
 from utils.metrics import fitness
 from utils.parse_config import parse_data_cfg, read_names
-from utils.torch_utils import (ModelEMA, de_parallel, init_seeds, rng_states, select_device, set_rng_states,
+from utils.torch_utils import (ModelEMA, init_seeds, rng_states, select_device, set_rng_states, unwrap,
                                world_info)
 
 # the model when neither --cfg nor a .pt --weights names one
@@ -104,7 +103,7 @@ def load_hyp(path):
 def param_groups(model):
     """(no-decay BN and other weights, decayed conv/linear weights, biases) as upstream."""
     decay, no_decay, biases = [], [], []
-    for name, p in de_parallel(model).named_parameters():
+    for name, p in unwrap(model).named_parameters():
         if not p.requires_grad:
             continue
         if name.endswith('.bias'):
@@ -456,16 +455,13 @@ class Trainer:
             from utils.datasets import random_train_size
             rng = np.random.default_rng([self.opt.seed, ni])  # a function of the step: resumable
             self.train_size = random_train_size(self.img_min, self.img_max, 32, rng)
-        if imgs.shape[-1] != self.train_size or imgs.shape[-2] != self.train_size:
-            scale = self.train_size / max(imgs.shape[2:])
-            new = [math.ceil(s * scale / 32) * 32 for s in imgs.shape[2:]]
-            imgs = nn.functional.interpolate(imgs, size=new, mode='bilinear', align_corners=False)
-        return imgs
+        from utils.datasets import resize_batch
+        return resize_batch(imgs, self.train_size, stride=32)
 
     # ------------------------------------------------------------------ evaluation, logging, saving
     def eval_model(self):
         """The model that is validated and saved: the EMA with --ema, else the trained model."""
-        return self.ema.ema if self.ema else de_parallel(self.ddp)
+        return self.ema.ema if self.ema else unwrap(self.ddp)
 
     def _validate(self, final):
         if self.val_loader is None or (self.opt.notest and not final):
@@ -500,15 +496,14 @@ class Trainer:
         atomic_write_text(self.save_dir / 'results.csv', '\n'.join(lines) + '\n')
 
     def _checkpoint(self, epoch, with_optimizer=True):
-        model = self.eval_model()
         results = torch.tensor(self._results_table(), dtype=torch.float64).reshape(-1, len(self.result_fields))
-        ckpt = {'epoch': epoch, 'best_fitness': self.best_fitness, 'model': model.state_dict(), 'cfg': model.cfg_text(),
-                'optimizer': self.optimizer.state_dict() if with_optimizer else None, 'results': results,
-                'result_fields': list(self.result_fields), 'updates': self.updates, 'names': list(self.names)}
+        ckpt = models.checkpoint_dict(self.eval_model(), self.optimizer if with_optimizer else None, epoch,
+                                      self.best_fitness, results=results, result_fields=list(self.result_fields),
+                                      updates=self.updates, names=list(self.names))
         if with_optimizer:
             ckpt.update(rng=rng_states(), scaler=self.scaler.state_dict())
             if self.ema:  # the raw weights too, so a resumed run continues the same trajectory
-                ckpt.update(model=de_parallel(self.ddp).state_dict(), ema=self.ema.ema.state_dict(),
+                ckpt.update(model=unwrap(self.ddp).state_dict(), ema=self.ema.ema.state_dict(),
                             ema_updates=self.ema.updates)
         self._check_ckpt_extras()
         ckpt.update(self.ckpt_extras)
