@@ -283,3 +283,36 @@ def test_plot_labels_and_results(tmp_path):
     csv_path.write_text('\n'.join(lines[:2] + ['1,0.01,oops,2,1,1,1,1,1,1,1,1']) + '\n')
     with pytest.raises(ValueError, match='results.csv:3'):
         plot_results(csv_path)
+
+
+def test_ten_thousand_detections_per_image_and_images_without_labels():
+    """10,000 low-confidence random boxes per image around the exact ground truth at confidence 1:
+    every GT is found first, so AP is 1 at every threshold; a whole set without labels and a
+    set without detections give 0, not a crash or a nan."""
+    from utils.nms import non_max_suppression
+    rng = np.random.default_rng(0)
+    labels = [torch.tensor([[0, 10, 10, 60, 60], [1, 100, 40, 180, 120.]]) for _ in range(2)]
+    dets = []
+    for lab in labels:
+        xy = torch.from_numpy(rng.uniform(0, 200, (10_000, 2))).float()
+        noise = torch.cat([xy, xy + 5, torch.full((10_000, 1), 0.01), torch.from_numpy(rng.integers(0, 2, (10_000, 1)))
+                           .float()], 1)
+        dets.append(torch.cat([torch.cat([lab[:, 1:], torch.ones(2, 1), lab[:, :1]], 1), noise]))
+    ev = Evaluator(2)
+    ev.update(dets, labels)
+    m = ev.compute()
+    assert m['map50'] == pytest.approx(1.0) and m['map50_95'] == pytest.approx(1.0)
+    ev = Evaluator(2)
+    ev.update(dets, [torch.zeros(0, 5)] * 2)
+    m = ev.compute()
+    assert m['map50'] == 0 and m['map50_95'] == 0 and np.isfinite([m['precision'], m['recall']]).all()
+    ev = Evaluator(2)
+    ev.update([torch.zeros(0, 6)] * 2, labels)
+    assert ev.compute()['map50'] == 0
+    # NMS over 10,000 candidates per image keeps at most max_det and never fails on an empty batch
+    pred = torch.rand(2, 10_000, 7)
+    pred[..., :2] *= 200
+    pred[..., 2:4] = pred[..., 2:4] * 20 + 1
+    out = non_max_suppression(pred, conf_thres=0.001, iou_thres=0.6, multi_label=True, max_det=300)
+    assert [len(o) for o in out] == [300, 300]
+    assert [len(o) for o in non_max_suppression(torch.zeros(2, 0, 7), 0.001, 0.6)] == [0, 0]

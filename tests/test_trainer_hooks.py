@@ -242,3 +242,22 @@ def test_no_cfg_no_weights_trains_the_default_model(tmp_path, tiny_data):
     assert train.parse_args([]).cfg == ''
     trainer = make_trainer(tmp_path, tiny_data, '--epochs', '1', cfg='').setup()
     assert trainer.model.cfg_text() == models.Darknet('cfg/yolov3-mini-shapes.cfg').cfg_text()
+
+
+def test_repeated_non_finite_losses_stop_clearly_and_keep_the_last_good_checkpoint(tmp_path, tiny_data):
+    """A loss term that turns nan in the second epoch: each bad batch is skipped with a warning,
+    the fifth in a row stops the run with one clear line, and last.pt still holds epoch 0."""
+    def poison(trainer, imgs, targets, heads):
+        bad = trainer.epoch >= 1
+        return heads[0].sum() * (float('nan') if bad else 0.0), {}
+
+    opt = train.parse_args(['--data', str(tiny_data), '--cfg', 'cfg/yolov3-tiny-shapes.cfg', '--img-size', '128',
+                            '--workers', '0', '--epochs', '2', '--batch-size', '2', '--notest',
+                            '--project', str(tmp_path / 'runs'), '--name', 'nan'])
+    trainer = Trainer(opt)
+    trainer.loss_terms.append(poison)
+    with pytest.raises(FloatingPointError, match='loss is nan for 5 batches in a row'):
+        trainer.train()
+    last = tmp_path / 'runs' / 'nan' / 'weights' / 'last.pt'
+    ckpt = models.load_checkpoint(last)
+    assert ckpt['epoch'] == 0 and all(torch.isfinite(v).all() for v in ckpt['model'].values() if v.is_floating_point())
