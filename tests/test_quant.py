@@ -298,10 +298,13 @@ def test_integer_forward_is_bit_exact_for_fpga(cfg, bits):
     heads = int_forward(params, x.numpy())
     for h, r in zip(heads, raw):
         assert np.array_equal(h, r.numpy())  # power-of-two scales: float32 PyTorch is exact integer arithmetic
-    for i, _ in quant_blocks(model):
+    heads = {i - 1 for i in model.yolo_layers}
+    for i, block in quant_blocks(model):
         k = f'L{i:03d}_'
+        edge = i == 0 or i in heads  # below 8 bits the image conv and the heads stay at 8 (edge_bits)
+        assert (block.a_bits, block.w_bits) == ((8, 8) if edge else (bits, bits))
         assert params[k + 'w'].dtype == np.int8
-        assert np.abs(params[k + 'w']).max() <= 2 ** (bits - 1) - 1
+        assert np.abs(params[k + 'w']).max() <= 2 ** (block.w_bits - 1) - 1
         assert float(params[k + 'in_scale']) == 2.0 ** -int(params[k + 'in_exp'])
         assert np.all(params[k + 'w_scale'] == 2.0 ** -int(params[k + 'w_exp']))
 
@@ -382,3 +385,16 @@ def test_qat_after_pruning_and_from_darknet_weights(tmp_path, tiny_data):
     run_train(tmp_path, tiny_data, '--epochs', '1', '--batch-size', '8', '--notest', '--name', 'qd', '--weights',
               darknet, '--quantized', '1', cfg=str(cfg))
     assert spec_of(models.model_from_checkpoint(tmp_path / 'runs' / 'qd' / 'weights' / 'last.pt')[0]).a_bits == 8
+
+
+def test_edge_bits_keep_the_image_and_head_convs_at_8_bits():
+    model = models.Darknet(TINY, img_size=128)
+    heads = {i - 1 for i in model.yolo_layers}
+    bits = {i: (b.a_bits, b.w_bits) for i, b in quant_blocks(quantize_model(copy.deepcopy(model),
+                                                                            QuantSpec('google', 4, 4)))}
+    assert all(v == ((8, 8) if i == 0 or i in heads else (4, 4)) for i, v in bits.items())
+    uniform = quantize_model(copy.deepcopy(model), QuantSpec('google', 4, 4, edge_bits=0))
+    assert {(b.a_bits, b.w_bits) for _, b in quant_blocks(uniform)} == {(4, 4)}
+    assert QuantSpec('google', 8, 8, edge_bits=8) == QuantSpec('google', 8, 8, edge_bits=0)  # no effect at 8 bits
+    old = {'scheme': 'google', 'a_bits': 4, 'w_bits': 4, 'bn_fold': False, 'fpga': False, 'bn_freeze': 0.9}
+    assert QuantSpec.from_dict(old).edge_bits == 0  # saved before edge_bits: every conv alike

@@ -50,7 +50,8 @@ def _activation_qparams(q: ActQuant):
 def layer_qparams(block):
     """Integer form of one QuantConvBlock (eval: running BN statistics) -> {name: array}."""
     spec = block.spec
-    if spec.w_bits >= 32:
+    w_bits = block.w_bits
+    if w_bits >= 32:
         raise ValueError(f'layer {block.act_quant.layer}: 32-bit weights have no integer form; export needs '
                          'w_bits <= 16')
     conv = block.Conv2d
@@ -59,25 +60,25 @@ def layer_qparams(block):
     out = {'in_scale': np.float64(in_scale), 'in_zero_point': np.int64(in_zp), 'in_qmin': np.int64(qmin),
            'in_qmax': np.int64(qmax)}
     if spec.scheme == 'dorefa':  # w = (m/n)(2k - n): odd integers in [-n, n]
-        codes, m = dorefa_weight_codes(weight, spec.w_bits)
-        n = 2 ** spec.w_bits - 1
+        codes, m = dorefa_weight_codes(weight, w_bits)
+        n = 2 ** w_bits - 1
         w_int = (2 * torch.round(codes).long() - n).numpy()
         w_scale = np.full(weight.shape[0], float(m) / n)
-        w_dtype = np.int16 if spec.w_bits <= 8 else np.int32
+        w_dtype = np.int16 if w_bits <= 8 else np.int32
     else:
-        w_scale_t, _, _, _ = weight_qparams(weight, spec.w_bits, per_channel=not spec.fpga, pow2=spec.fpga)
+        w_scale_t, _, _, _ = weight_qparams(weight, w_bits, per_channel=not spec.fpga, pow2=spec.fpga)
         w_scale_t = w_scale_t.expand(weight.shape[0]) if w_scale_t.ndim == 0 else w_scale_t
         w_int = _codes(block.quant_weight(weight), w_scale_t.view(-1, 1, 1, 1))
         w_scale = w_scale_t.detach().double().numpy()
-        w_dtype = INT_DTYPES[spec.w_bits]
+        w_dtype = INT_DTYPES[w_bits]
     out['w'] = w_int.astype(w_dtype)
     out['w_scale'] = w_scale
     acc_scale = in_scale * w_scale
     b = bias.double().numpy() if bias is not None else np.zeros(weight.shape[0])
     if spec.fpga and bias is not None:
-        b_scale = float(weight_qparams(bias, spec.w_bits, per_channel=False, pow2=True)[0])
+        b_scale = float(weight_qparams(bias, w_bits, per_channel=False, pow2=True)[0])
         b_q = _codes(block.quant_bias(bias), torch.tensor(b_scale))
-        out.update(in_exp=_exp_of(in_scale), w_exp=_exp_of(w_scale[0]), b_q=b_q.astype(INT_DTYPES[spec.w_bits]),
+        out.update(in_exp=_exp_of(in_scale), w_exp=_exp_of(w_scale[0]), b_q=b_q.astype(INT_DTYPES[w_bits]),
                    b_exp=_exp_of(b_scale))
         b = b_q * b_scale
     out['b'] = np.rint(b / acc_scale).astype(np.int64)

@@ -57,6 +57,7 @@ class QuantSpec:
     bn_fold: bool = False
     fpga: bool = False
     bn_freeze: float = 0.9  # fraction of the optimizer steps after which BN folding uses running stats
+    edge_bits: int = 8  # the first conv (the image) and the head convs use at least this many bits; 0 = uniform
 
     def __post_init__(self):
         if self.scheme not in SCHEMES.values():
@@ -69,6 +70,10 @@ class QuantSpec:
         if self.fpga and not self.bn_fold:
             raise ValueError('--FPGA needs --BN_Fold: the hardware has no BatchNorm unit, so BN must be folded '
                              'into the quantized weights and bias')
+        if self.edge_bits not in (0, *BITS):
+            raise ValueError(f'--edge-bits {self.edge_bits}: expected 0 (uniform) or one of {BITS}')
+        if self.edge_bits <= min(self.a_bits, self.w_bits):  # no effect: one spelling of "uniform"
+            object.__setattr__(self, 'edge_bits', 0)
         if not 0.0 <= self.bn_freeze <= 1.0:
             raise ValueError(f'--bn-freeze {self.bn_freeze}: expected a fraction of the training in [0, 1]')
 
@@ -81,12 +86,20 @@ class QuantSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f'{source}: unknown quantization settings {unknown} (saved by a newer version?)')
-        return cls(**d)
+        return cls(**{'edge_bits': 0, **d})  # checkpoints from before edge_bits quantized every conv alike
 
     def describe(self):
         name = {'google': 'Google', 'dorefa': 'DoReFa'}[self.scheme]
         extras = ' + BN fold' * self.bn_fold + ' + FPGA (power-of-two scales)' * self.fpga
+        if self.edge_bits > min(self.a_bits, self.w_bits):
+            extras += f' (first and head convs at {self.edge_bits} bits)'
         return f'{name} a{self.a_bits}/w{self.w_bits}{extras}'
+
+    def block_bits(self, edge):
+        """(activation bits, weight bits) of a conv; ``edge``: the first conv or a head conv."""
+        if not edge:
+            return self.a_bits, self.w_bits
+        return max(self.a_bits, self.edge_bits), max(self.w_bits, self.edge_bits)
 
     def differences(self, other):
         """['a_bits 8 != 4', ...]: the settings (apart from the training-only bn_freeze) that differ."""
@@ -227,15 +240,18 @@ class QuantConvBlock(ConvBlock):
 
     fusable = False  # models.Darknet.fuse leaves it alone: its BN belongs to the quantized weight
 
-    def __init__(self, block, spec, first=False, layer=None):
+    def __init__(self, block, spec, first=False, layer=None, head=False):
         nn.Sequential.__init__(self)  # adopts ``block``'s modules instead of building new ones
         self.spec = spec
+        # 4-bit and below keep the first and the head convs at edge_bits (as LSQ / PACT do): the
+        # image at 4 bits has 5 power-of-two levels, and the heads' outputs are the detections
+        self.a_bits, self.w_bits = spec.block_bits(first or head)
         self.add_module('Conv2d', block.Conv2d)
         if hasattr(block, 'BatchNorm2d'):
             self.add_module('BatchNorm2d', block.BatchNorm2d)
         self.add_module('activation', block.activation)
         mode = 'dorefa' if spec.scheme == 'dorefa' else 'pow2' if spec.fpga else 'affine'
-        self.add_module('act_quant', ActQuant(spec.a_bits, mode, alpha=1.0 if first else DOREFA_ALPHA, layer=layer,
+        self.add_module('act_quant', ActQuant(self.a_bits, mode, alpha=1.0 if first else DOREFA_ALPHA, layer=layer,
                                               fixed_range=(0.0, 1.0) if first else None))
         self.fold = spec.bn_fold and hasattr(self, 'BatchNorm2d')
         if self.fold:
@@ -244,15 +260,15 @@ class QuantConvBlock(ConvBlock):
     def quant_weight(self, w):
         s = self.spec
         if s.scheme == 'dorefa':
-            return fake_quant_dorefa_weight(w, s.w_bits)
-        return fake_quant_weight(w, s.w_bits, per_channel=not s.fpga, pow2=s.fpga)
+            return fake_quant_dorefa_weight(w, self.w_bits)
+        return fake_quant_weight(w, self.w_bits, per_channel=not s.fpga, pow2=s.fpga)
 
     def quant_bias(self, b):
         """Only ``fpga`` quantizes the bias (w_bits, its own 2^-n scale); otherwise it stays
         float here and becomes int32 at the accumulator's scale on integer export."""
         if b is None or not self.spec.fpga:
             return b
-        return fake_quant_weight(b, self.spec.w_bits, per_channel=False, pow2=True)
+        return fake_quant_weight(b, self.w_bits, per_channel=False, pow2=True)
 
     def folded(self, mean=None, var=None):
         """(weight, bias) with BN folded in, from ``mean``/``var`` (default: running stats)."""
@@ -316,10 +332,11 @@ def quantize_model(model, spec):
     if getattr(model, 'fused', False):
         raise ValueError('the model is fused (BatchNorm folded for inference): quantize the unfused model')
     in_ch = getattr(model, 'in_channels', 3)
+    heads = {i - 1 for i in getattr(model, 'yolo_layers', ())}
     for i, block in enumerate(model.module_list):
         if isinstance(block, ConvBlock):
             first = i == 0 and block.Conv2d.in_channels == in_ch
-            model.module_list[i] = QuantConvBlock(block, spec, first=first, layer=i)
+            model.module_list[i] = QuantConvBlock(block, spec, first=first, layer=i, head=i in heads)
     return model
 
 
@@ -381,6 +398,9 @@ def add_quant_args(parser, train=False):
                    help='fold BatchNorm into the quantized conv (batch statistics in training)')
     g.add_argument('--FPGA', '--fpga', dest='fpga', action='store_true',
                    help='power-of-two scales and a quantized bias (needs --BN_Fold)')
+    g.add_argument('--edge-bits', type=int, default=None, choices=(0, *BITS),
+                   help='bits of the first conv and the head convs when --a-bit/--w-bit are lower (default 8; '
+                        '0 = every conv at --a-bit/--w-bit, as upstream)')
     if train:
         g.add_argument('--bn-freeze', type=float, default=0.9,
                        help='--BN_Fold: fraction of the optimizer steps after which the fold uses running statistics')
@@ -395,14 +415,15 @@ def spec_from_opt(opt):
     Bit or fold flags without --quantized are an error rather than a silent float run."""
     if not opt.quantized:
         given = [f for f, v in (('--a-bit', opt.a_bit), ('--w-bit', opt.w_bit), ('--BN_Fold', opt.bn_fold),
-                                ('--FPGA', opt.fpga)) if v]
+                                ('--FPGA', opt.fpga), ('--edge-bits', opt.edge_bits)) if v is not None and v is not False]
         if given and opt.quantized is None:
             raise ValueError(f'{" ".join(given)}: only used by quantization, which is off; add --quantized 1 or 2')
         if given:
             raise ValueError(f'{" ".join(given)} contradict --quantized 0')
         return None
     return QuantSpec(SCHEMES[opt.quantized], a_bits=opt.a_bit or 8, w_bits=opt.w_bit or 8, bn_fold=opt.bn_fold,
-                     fpga=opt.fpga, bn_freeze=getattr(opt, 'bn_freeze', 0.9))
+                     fpga=opt.fpga, bn_freeze=getattr(opt, 'bn_freeze', 0.9),
+                     edge_bits=8 if opt.edge_bits is None else opt.edge_bits)
 
 
 def attach_quantization(trainer, spec):
@@ -483,4 +504,5 @@ def adopt_checkpoint_spec(opt):
     resolve_spec(spec_from_opt(opt), saved, weights)
     opt.quantized = {v: k for k, v in SCHEMES.items()}[saved.scheme]
     opt.a_bit, opt.w_bit, opt.bn_fold, opt.fpga = saved.a_bits, saved.w_bits, saved.bn_fold, saved.fpga
+    opt.edge_bits = saved.edge_bits
     return opt
