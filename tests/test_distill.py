@@ -32,13 +32,7 @@ MINI = 'cfg/yolov3-mini-shapes.cfg'
 IMG = 64
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models gain nothing from two next to another busy process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest: one intra-op thread
 
 
 def narrow(cfg):

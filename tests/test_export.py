@@ -34,13 +34,7 @@ NO_AUG = {'hsv_h': 0.0, 'hsv_s': 0.0, 'hsv_v': 0.0, 'degrees': 0.0, 'translate':
 INT8_MAP_TOL = 0.05  # mAP@0.5 of the INT8 export within 0.05 of PyTorch on the four fitted images
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """One thread in PyTorch and (through utils.backends.default_threads) in the runtimes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest: one intra-op thread
 
 
 def shapes_data(root, **kw):

@@ -44,14 +44,7 @@ SCRIPTS = {
 }
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """One intra-op thread for this module: these tiny models gain little from two, and two
-    threads competing with another busy process make every forward ~5x slower (spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # conftest: one intra-op thread
 
 
 def sha256(path):
