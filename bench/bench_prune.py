@@ -15,20 +15,14 @@ adaptive BN) and after fine-tuning, and batch-1 CPU latency measured by the prun
 script (fused, interleaved with the original, median).
 """
 import argparse
-import csv
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {'normal': 'normal_prune.py', 'regular': 'regular_prune.py', 'shortcut': 'shortcut_prune.py',
-           'slim': 'slim_prune.py', 'layer': 'layer_prune.py', 'layer_channel': 'layer_channel_prune.py'}
-# normal and shortcut pruning stop where a layer would lose every channel (0.56 on the sparse
-# default model); slim's --layer_keep floor (k0.2 = 20% of every layer) spreads the cut
-DEFAULT_PLANS = ['normal:0.55', 'regular:0.5', 'shortcut:0.55', 'slim:0.7', 'slim:0.76:k0.2', 'slim:0.9:k0.3',
-                 'layer:3', 'layer_channel:0.76:2:k0.2']
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from utils.general import user_errors  # noqa: E402
+from utils.pipeline import DEFAULT_PLANS, ROOT, last_row, plan_name, prune, train  # noqa: E402  (shared stages)
 
 
 def parse_args(argv=None):
@@ -51,55 +45,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def run(cmd, log):
-    print('$', ' '.join(map(str, cmd)), flush=True)
-    t0 = time.time()
-    with open(log, 'w') as f:
-        rc = subprocess.call([sys.executable, *map(str, cmd)], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if rc:
-        raise SystemExit(f'failed ({rc}): see {log}')
-    return time.time() - t0
-
-
-def last_row(results_csv):
-    rows = list(csv.DictReader(open(results_csv)))
-    return {k: float(v) for k, v in rows[-1].items()}
-
-
-def train(out, name, args, extra):
-    """train.py into out/name (skipped when its best.pt exists); returns (best.pt, final results row)."""
-    run_dir = out / name
-    best = run_dir / 'weights' / 'best.pt'
-    if not best.is_file():
-        run(['train.py', '--data', args.data, '--img-size', args.img_size, '--workers', args.workers,
-             '--project', out, '--name', name, *extra], out / f'{name}.log')
-        if not best.is_file():  # increment_path picked another folder: a stale partial run
-            raise SystemExit(f'{best} missing: remove {run_dir}* and rerun')
-    return best, last_row(run_dir / 'results.csv')
-
-
-def prune(out, sparse, plan, args):
-    method, *amounts = plan.split(':')
-    keep = [a[1:] for a in amounts if a.startswith('k')]  # slim / layer_channel: k<layer_keep>
-    amounts = [a for a in amounts if not a.startswith('k')]
-    if method not in SCRIPTS:
-        raise SystemExit(f'unknown method {method!r} in --plans {plan}')
-    stage = out / f'prune_{plan.replace(":", "_")}'
-    report = stage / 'prune_report.json'
-    if not report.is_file():
-        if method == 'layer':
-            flags = ['--shortcuts', amounts[0]]
-        elif method == 'layer_channel':
-            flags = ['--percent', amounts[0], '--shortcuts', amounts[1]]
-        else:
-            flags = ['--percent', amounts[0]]
-        if keep:
-            flags += ['--layer_keep', keep[0]]
-        run([SCRIPTS[method], '--weights', sparse, '--data', args.data, '--img-size', args.img_size,
-             '--out', stage, *flags], out / f'prune_{plan.replace(":", "_")}.log')
-    return json.loads(report.read_text())
-
-
 def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
@@ -119,7 +64,7 @@ def main(argv=None):
         stages = {s['label']: s for s in report['stages']}
         original, final = report['stages'][0], report['stages'][-1]
         pruned_pt = report['files']['pt']
-        _, ft_row = train(out, f'finetune_{plan.replace(":", "_")}', args,
+        _, ft_row = train(out, f'finetune_{plan_name(plan)}', args,
                           ['--weights', pruned_pt, '--epochs', args.ft_epochs])
         compact = next(s for s in report['stages'] if s['label'].startswith('compact'))
         rows.append({'plan': plan, 'params': final['params'], 'params_removed': 1 - final['params'] / original['params'],
@@ -186,4 +131,5 @@ def write(out, args, original, sr_row, ref_row, rows, seconds):
 
 
 if __name__ == '__main__':
-    main()
+    with user_errors():  # e.g. a misspelt --plans entry
+        main()

@@ -15,10 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from bench_prune import ROOT, run, train  # noqa: E402  (one way to run and resume stages)
+from utils.pipeline import ROOT, evaluate, qat_hyp, train  # noqa: E402  (one way to run and resume stages)
 
 RECIPES = {  # name: (label, train.py / test.py quantization flags)
     'float': ('float (fine-tuned, reference)', []),
@@ -49,34 +47,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def qat_hyp(out, args):
-    """The dataset's recipe at lr-factor x lr0 without burn-in, written once into --out."""
-    from utils.parse_config import parse_data_cfg
-    from utils.datasets import default_data
-    data = default_data() if args.data == 'data/shapes.data' else args.data
-    hyp = yaml.safe_load((ROOT / parse_data_cfg(data).get('hyp', 'data/hyp.yaml')).read_text())
-    hyp.update(lr0=hyp['lr0'] * args.lr_factor, warmup_epochs=0.0)
-    path = out / 'hyp.qat.yaml'
-    path.write_text(yaml.safe_dump(hyp, sort_keys=False))
-    return path
-
-
-def ptq(out, name, weights, flags, args):
-    """test.py with --calib into out/name; returns its metrics."""
-    metrics = out / name / 'metrics.json'
-    if not metrics.is_file():
-        run(['test.py', '--weights', weights, '--data', args.data, '--img-size', args.img_size, '--calib',
-             args.calib, '--project', out, '--name', name, *flags], out / f'{name}.log')
-    return json.loads(metrics.read_text())
-
-
 def measure(out, prefix, weights, names, args, hyp):
     rows = []
     for name in names:
         t0 = time.time()
         if name in PTQ:
             label, flags = PTQ[name]
-            m = ptq(out, f'{prefix}{name}', weights, flags, args)
+            m = evaluate(out, f'{prefix}{name}', weights, args, ['--calib', args.calib, *flags])
             rows.append({'recipe': name, 'label': label, 'map50': m['map50'], 'map50_95': m['map50_95']})
         else:
             label, flags = RECIPES[name]

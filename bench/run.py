@@ -66,11 +66,16 @@ def calibration_images(size):
 
 def opencv_runner(model, tmp, threads):
     """OpenCV DNN on the model's Darknet files; fn(x numpy [B,3,H,W]) -> outputs."""
-    import cv2
-    cv2.setNumThreads(threads)
     models.save_weights(model, tmp / 'm.weights')
     (tmp / 'm.cfg').write_text(model.cfg_text())
-    net = cv2.dnn.readNetFromDarknet(str(tmp / 'm.cfg'), str(tmp / 'm.weights'))
+    return darknet_runner(tmp / 'm.cfg', tmp / 'm.weights', threads)
+
+
+def darknet_runner(cfg_path, weights_path, threads):
+    """OpenCV DNN on Darknet cfg + .weights files (e.g. export.py --format darknet)."""
+    import cv2
+    cv2.setNumThreads(threads)
+    net = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     names = net.getUnconnectedOutLayersNames()
 
