@@ -5,9 +5,13 @@ the reference), post-training quantization without training, and the same for a 
     python3 bench/bench_quant.py --base runs/train/exp/weights/best.pt            # resumable
     python3 bench/bench_quant.py --base B.pt --pruned runs/prune/.../best.pt --epochs 3
 
-Every stage runs the real command lines (train.py, test.py) into --out/<stage>; a stage whose
-output exists is skipped. Fine-tuning uses the dataset's recipe at 0.1 x lr0 without burn-in
-(upstream also dropped the learning rate tenfold for QAT). Writes --out/results.md and .json.
+Every stage runs the real command lines (train.py, test.py, export.py) into --out/<stage>; a
+stage whose output exists is skipped. Fine-tuning uses the dataset's recipe at 0.1 x lr0 without
+burn-in (upstream also dropped the learning rate tenfold for QAT). Then deployment: the float
+model as FP32 ONNX and as ONNX Runtime static INT8, and the 8-bit QAT models as QDQ ONNX with
+their own scales, each evaluated by test.py (against test.py --square on its .pt: the export's
+square batches) and timed in ONNX Runtime and OpenVINO, batch 1, interleaved in one process.
+Writes --out/results.md and .json.
 """
 import argparse
 import json
@@ -16,20 +20,27 @@ import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from utils.pipeline import ROOT, evaluate, qat_hyp, train  # noqa: E402  (one way to run and resume stages)
+from utils.pipeline import ROOT, evaluate, export, qat_hyp, train  # noqa: E402  (one way to run and resume stages)
 
 RECIPES = {  # name: (label, train.py / test.py quantization flags)
     'float': ('float (fine-tuned, reference)', []),
     'g8': ('Google 8-bit', ['--quantized', '1']),
     'g8_fold': ('Google 8-bit + BN fold', ['--quantized', '1', '--BN_Fold']),
     'g8_fold_fpga': ('Google 8-bit + BN fold + FPGA', ['--quantized', '1', '--BN_Fold', '--FPGA']),
-    'g4_fold_fpga': ('Google 4-bit + BN fold + FPGA', ['--quantized', '1', '--BN_Fold', '--FPGA', '--a-bit', '4',
-                                                      '--w-bit', '4']),
+    'g4_fold_uniform': ('Google 4-bit + BN fold, every conv at 4 bits', ['--quantized', '1', '--BN_Fold', '--a-bit', '4',
+                                                                        '--w-bit', '4', '--edge-bits', '0']),
+    'g4_fold_fpga_uniform': ('Google 4-bit + BN fold + FPGA, every conv at 4 bits',
+                             ['--quantized', '1', '--BN_Fold', '--FPGA', '--a-bit', '4', '--w-bit', '4', '--edge-bits', '0']),
+    'g4_fold': ('Google 4-bit + BN fold (image and head convs at 8)',
+                ['--quantized', '1', '--BN_Fold', '--a-bit', '4', '--w-bit', '4']),
+    'g4_fold_fpga': ('Google 4-bit + BN fold + FPGA (image and head convs at 8)',
+                     ['--quantized', '1', '--BN_Fold', '--FPGA', '--a-bit', '4', '--w-bit', '4']),
     'dorefa8': ('DoReFa 8-bit', ['--quantized', '2']),
 }
-PTQ = {'ptq8': ('PTQ Google 8-bit (no training)', ['--quantized', '1']),
+PTQ = {'base': ('float, not fine-tuned (reference of PTQ)', None),
+       'ptq8': ('PTQ Google 8-bit (no training)', ['--quantized', '1']),
        'ptq8_fpga': ('PTQ Google 8-bit + BN fold + FPGA', ['--quantized', '1', '--BN_Fold', '--FPGA'])}
-PRUNED = ['float', 'g8_fold_fpga', 'ptq8']
+PRUNED = ['float', 'g8_fold_fpga', 'base', 'ptq8']
 
 
 def parse_args(argv=None):
@@ -44,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument('--img-size', type=int, default=256)
     p.add_argument('--out', default='runs/bench_quant')
     p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--latency-runs', type=int, default=60, help='interleaved batch-1 rounds of the deployment timing')
+    p.add_argument('--no-deploy', action='store_true', help='skip the export / runtime stage')
     return p.parse_args(argv)
 
 
@@ -53,7 +66,7 @@ def measure(out, prefix, weights, names, args, hyp):
         t0 = time.time()
         if name in PTQ:
             label, flags = PTQ[name]
-            m = evaluate(out, f'{prefix}{name}', weights, args, ['--calib', args.calib, *flags])
+            m = evaluate(out, f'{prefix}{name}', weights, args, [] if flags is None else ['--calib', args.calib, *flags])
             rows.append({'recipe': name, 'label': label, 'map50': m['map50'], 'map50_95': m['map50_95']})
         else:
             label, flags = RECIPES[name]
@@ -65,20 +78,67 @@ def measure(out, prefix, weights, names, args, hyp):
     return rows
 
 
-def write(out, args, groups):
+DEPLOY = {  # name: (label, the .pt it comes from, export.py flags)
+    'fp32': ('float', 'base', []),
+    'ptq_int8': ('float, ONNX Runtime static INT8', 'base', ['--int8', '--calib', '100']),
+    'qat_g8': ('QAT Google 8-bit (own scales)', 'g8', []),
+    'qat_g8_fold_fpga': ('QAT Google 8-bit + BN fold + FPGA (own scales)', 'g8_fold_fpga', []),
+}
+
+
+def deploy(out, args):
+    """Export, evaluate and time the float, INT8 and QAT models (see the module docstring)."""
+    import statistics
+    import numpy as np
+    from run import openvino_runner, ort_runner, time_interleaved
+    sources = {'base': Path(args.base), **{n: out / n / 'weights' / 'best.pt' for n in RECIPES}}
+    rows, runners = [], {}
+    for name, (label, source, flags) in DEPLOY.items():
+        if not sources[source].is_file():
+            continue
+        onnx = export(out / 'deploy' / f'{name}.onnx', sources[source], args, 'onnx', flags)
+        ov = export(out / 'deploy' / f'{name}_openvino', sources[source], args, 'openvino', flags)
+        m_onnx = evaluate(out, f'test_{name}', onnx, args)
+        m_pt = evaluate(out, f'test_{name}_pt', sources[source], args, ['--square'])
+        rows.append({'name': name, 'label': label, 'map50_pt': m_pt['map50'], 'map50_onnx': m_onnx['map50'],
+                     'map50_95_onnx': m_onnx['map50_95'], 'mb': onnx.stat().st_size / 2 ** 20})
+        runners[f'{name} ORT'] = ort_runner(onnx, 2)
+        runners[f'{name} OpenVINO'] = openvino_runner(next(ov.glob('*.xml')), 1, args.img_size, 2)
+    x = np.random.default_rng(0).random((1, 3, args.img_size, args.img_size), dtype=np.float32)
+    times = time_interleaved(runners, x, args.latency_runs)
+    for r in rows:
+        for rt in ('ORT', 'OpenVINO'):
+            r[f'{rt}_ms'] = 1e3 * statistics.median(times[f'{r["name"]} {rt}'])
+    return rows
+
+
+def write(out, args, groups, deployed=()):
     lines = [f'# Quantization benchmark: {args.data} at {args.img_size} px',
              '', f'Fine-tuning: {args.epochs} epochs from the float model, the dataset\'s recipe at {args.lr_factor} x '
              f'lr0 without burn-in; PTQ: {args.calib} calibration images. mAP from train.py\'s final validation '
              '(test.py for PTQ).', '']
     for title, rows in groups:
-        ref = next((r for r in rows if r['recipe'] == 'float'), None)
-        lines += [f'## {title}', '', '| recipe | mAP@0.5 | vs float | mAP@0.5:0.95 | minutes |', '|---|---|---|---|---|']
-        for r in rows:
-            delta = f'{100 * (r["map50"] - ref["map50"]):+.1f} pts' if ref else ''
+        refs = {r['recipe']: r for r in rows if r['recipe'] in ('float', 'base')}
+        lines += [f'## {title}', '', '| recipe | mAP@0.5 | vs its float reference | mAP@0.5:0.95 | minutes |',
+                  '|---|---|---|---|---|']
+        for r in rows:  # QAT against the float model fine-tuned alike, PTQ against the model it calibrates
+            ref = refs.get('base' if r['recipe'] in PTQ else 'float')
+            delta = f'{100 * (r["map50"] - ref["map50"]):+.1f} pts' if ref and ref is not r else ''
             lines.append(f'| {r["label"]} | {r["map50"]:.3f} | {delta} | {r["map50_95"]:.3f} | {r["minutes"]:.1f} |')
         lines.append('')
+    if deployed:
+        ref = {rt: deployed[0][f'{rt}_ms'] for rt in ('ORT', 'OpenVINO')}
+        lines += ['## Deployment (ONNX Runtime and OpenVINO, batch 1, 2 threads, interleaved, median ms)', '',
+                  '| model | mAP@0.5 .pt (square) | mAP@0.5 ONNX | mAP@0.5:0.95 ONNX | MB | ORT ms | vs FP32 | '
+                  'OpenVINO ms | vs FP32 |', '|---|---|---|---|---|---|---|---|---|']
+        for r in deployed:
+            lines.append(f'| {r["label"]} | {r["map50_pt"]:.3f} | {r["map50_onnx"]:.3f} | {r["map50_95_onnx"]:.3f} | '
+                         f'{r["mb"]:.1f} | {r["ORT_ms"]:.2f} | {r["ORT_ms"] / ref["ORT"]:.2f}x | '
+                         f'{r["OpenVINO_ms"]:.2f} | {r["OpenVINO_ms"] / ref["OpenVINO"]:.2f}x |')
+        lines.append('')
     (out / 'results.md').write_text('\n'.join(lines))
-    (out / 'results.json').write_text(json.dumps({'args': vars(args), 'groups': groups}, indent=1))
+    (out / 'results.json').write_text(json.dumps({'args': vars(args), 'groups': groups, 'deploy': list(deployed)},
+                                                 indent=1))
 
 
 def main(argv=None):
@@ -93,6 +153,8 @@ def main(argv=None):
         groups.append((f'Pruned model ({args.pruned})', measure(out, 'pruned_', args.pruned,
                                                                  [r for r in args.recipes if r in PRUNED], args, hyp)))
         write(out, args, groups)
+    if not args.no_deploy:
+        write(out, args, groups, deploy(out, args))
     print((out / 'results.md').read_text())
 
 
