@@ -320,3 +320,42 @@ def test_not_a_model_is_one_clear_line(tmp_path, tiny_data):
                           (['--weights', str(junk), '--int8', '--format', 'darknet'], '--int8 applies to')):
         with pytest.raises(SystemExit, match=message):
             export.main([*argv, '--data', tiny_data])
+
+
+def narrow(cfg, factor=8):
+    """The cfg at 1/factor width (even filter counts; depthwise groups follow their filters;
+    head convs unchanged): the same graph (route groups, Mish, SE, depthwise) at test cost."""
+    from utils.parse_config import parse_cfg
+    sections = parse_cfg(cfg)
+    heads = {i - 1 for i, d in enumerate(sections[1:]) if d['type'] == 'yolo'}
+    for i, d in enumerate(sections[1:]):
+        if d['type'] == 'convolutional' and i not in heads:
+            depthwise = d['groups'] > 1 and d['groups'] == d['filters']
+            d['filters'] = max(2, d['filters'] // factor // 2 * 2)
+            if depthwise:
+                d['groups'] = d['filters']
+    return sections
+
+
+@pytest.mark.parametrize('name', ['yolov3-tiny', 'yolov4-tiny', 'yolov4', 'yolov3-mobilenet'])
+def test_model_zoo_exports_equal_pytorch_in_both_runtimes(name, tmp_path):
+    """Every supported architecture (route groups, Mish, SPP, depthwise + SE) exports with a
+    dynamic batch; ONNX Runtime (batch 1 and 4) and OpenVINO reproduce PyTorch within 1e-4."""
+    model = randomize(models.Darknet(narrow(ROOT / 'cfg' / f'{name}.cfg'), img_size=IMG), size=IMG).eval()
+    with torch.no_grad():  # heads of a trained model's magnitude: random ones give exp(t) boxes of 1e6 px
+        for i in model.yolo_layers:
+            conv = model.module_list[i - 1].Conv2d
+            conv.weight.mul_(0.5 / conv.weight.abs().sum((1, 2, 3), keepdim=True).clamp_min(1e-6))
+            conv.bias.zero_()
+    x = torch.rand(4, 3, IMG, IMG)
+    with torch.no_grad():
+        ref = model(x)[0].numpy()
+    path = tmp_path / f'{name}.onnx'
+    path.write_bytes(ex.onnx_bytes(model, x[:1], dynamic=True))
+    runtime = OnnxRuntimeModel(path, threads=1)
+    for n in (1, 4):
+        assert ex.relative_diff(runtime.run(x[:n].numpy()), ref[:n]) <= 1e-4
+    xml = ex.export_openvino(path, tmp_path / f'{name}_openvino', {'names': None, 'nc': model.nc,
+                                                                     'stride': model.stride.tolist(),
+                                                                     'img_size': [IMG, IMG], 'precision': 'fp32'})
+    assert ex.relative_diff(OpenVinoModel(str(xml), threads=1).run(x.numpy()), ref) <= 1e-4

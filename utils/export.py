@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 
 from utils.backends import META_KEY, OnnxRuntimeModel, OpenVinoModel, is_exported
-from utils.general import atomic_write_bytes, atomic_write_text
+from utils.general import atomic_write_bytes, atomic_write_text, new_temp_dir
 
 FORMATS = ('onnx', 'openvino', 'darknet', 'qparams')
 MIN_OPSET, MAX_OPSET = 13, 20  # 13: per-channel QDQ; 20: the TorchScript exporter's last opset
@@ -263,11 +263,7 @@ def export_openvino(onnx_path, out_dir, meta):
     out_dir = Path(out_dir)
     ov_model = ov.convert_model(str(onnx_path))
     ov_model.set_rt_info(json.dumps(meta), [META_KEY])
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would become the published folder's mode
+    tmp = new_temp_dir(out_dir)  # mkdtemp's 0700 would become the published folder's mode
     try:
         ov.save_model(ov_model, str(tmp / f'{out_dir.name.removesuffix("_openvino")}.xml'), compress_to_fp16=False)
         old = None

@@ -8,6 +8,16 @@ from pathlib import Path
 IMG_FORMATS = frozenset({'.bmp', '.jpg', '.jpeg', '.png', '.tif', '.tiff', '.dng', '.webp'})  # image files we read
 
 
+def new_temp_dir(path):
+    """A new empty folder next to ``path`` (to be renamed onto it when complete) with the
+    permissions a plain mkdir gives (0777 minus the umask, applied by the kernel)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f'.{path.name}.{uuid.uuid4().hex[:12]}.tmp'
+    os.mkdir(tmp, 0o777)
+    return tmp
+
+
 def _new_temp(path):
     """A new empty file next to ``path`` with the permissions a plain open() would give it
     (0666 minus the umask, applied by the kernel: no process-wide umask read-and-restore)."""
