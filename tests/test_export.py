@@ -302,6 +302,25 @@ def test_int8_qdq_around_convs_only_and_map_in_test_py(fitted, tmp_path, capsys)
     assert abs(metrics['map50'] - reference['map50']) <= INT8_MAP_TOL, (metrics['map50'], reference['map50'])
 
 
+def test_fp32_exports_give_the_pt_map_in_test_py(fitted, tmp_path):
+    """test.py on the FP32 .onnx and on its OpenVINO IR reproduces test.py --square on the .pt
+    (the same square batches) to 0.001 mAP."""
+    import test as testpy
+    weights, data = fitted
+
+    def map_of(path, *flags):
+        return testpy.run(testpy.parse_args(['--weights', str(path), '--data', data, '--img-size', str(IMG),
+                                             '--workers', '0', '--project', str(tmp_path / 'runs'), *flags]))
+    onnx_path, = export.main(['--weights', str(weights), '--data', data, '--out', str(tmp_path / 'm.onnx'), *FAST])
+    ir, = export.main(['--weights', str(weights), '--data', data, '--format', 'openvino',
+                       '--out', str(tmp_path / 'm_openvino'), *FAST])
+    reference = map_of(weights, '--square')
+    assert reference['map50'] > 0.5
+    for exported in (onnx_path, ir):
+        got = map_of(exported)
+        assert abs(got['map50'] - reference['map50']) <= 0.001 and abs(got['map50_95'] - reference['map50_95']) <= 0.001
+
+
 # ----------------------------------------------------------------------------- errors
 
 def test_not_a_model_is_one_clear_line(tmp_path, tiny_data):
