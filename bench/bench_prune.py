@@ -83,7 +83,6 @@ def main(argv=None):
 def time_all(sparse, rows, args):
     """Every pruned model and the unpruned one timed together in one interleaved run (batch 1,
     fused), so the speed-ups share the machine's conditions; replaces the per-script figures."""
-    sys.path.insert(0, str(ROOT))
     import torch
     import models
     from utils.prune_run import measure_latency
