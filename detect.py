@@ -71,9 +71,6 @@ def load_detector(opt, device):
         return exported_detector(opt, device)
     from utils.quant import prepare_for_inference, spec_from_opt
     model, ckpt = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=spec_from_opt(opt))
-    if opt.calib and opt.data == 'data/shapes.data':
-        from utils.datasets import default_data
-        opt.data = default_data()
     prepare_for_inference(model, opt, device)
     return models.optimize_for_inference(model, compile=opt.compile), ckpt
 

@@ -79,12 +79,11 @@ def run(opt):
     from utils.general import increment_path
     from utils.parse_config import parse_data_cfg
     from utils.torch_utils import select_device
-    from utils.datasets import default_data
+    from utils.datasets import resolve_data
     from utils.parse_config import read_names
     device = select_device(opt.device)
     sizes = [opt.img_size] if opt.task != 'study' else study_sizes(opt)
-    if opt.data == 'data/shapes.data':
-        opt.data = default_data()
+    opt.data = resolve_data(opt.data)
     data = parse_data_cfg(opt.data, required=('valid', 'classes'))
     nc = 1 if opt.single_cls else int(data['classes'])
     names = read_names(data.get('names'), nc)

@@ -139,7 +139,7 @@ def add_features(trainer):
 def main(argv=None):
     opt = parse_args(argv)
     from utils.general import user_errors
-    from utils.datasets import default_data
+    from utils.datasets import resolve_data
     from utils.trainer import Trainer, resume_options
     with user_errors(FloatingPointError):
         if opt.resume:
@@ -148,8 +148,7 @@ def main(argv=None):
             from utils.quant import adopt_checkpoint_spec, spec_from_opt
             spec_from_opt(opt)  # flag errors before any work
             adopt_checkpoint_spec(opt)
-        if opt.data == DEFAULT_DATA:
-            opt.data = default_data()
+        opt.data = resolve_data(opt.data)
         if opt.evolve:
             from utils.evolve import evolve
             evolve(opt, configure=add_features)

@@ -90,7 +90,7 @@ def deploy(out, args):
     """Export, evaluate and time the float, INT8 and QAT models (see the module docstring)."""
     import statistics
     import numpy as np
-    from run import openvino_runner, ort_runner, time_interleaved
+    from utils.latency import openvino_runner, ort_runner, time_interleaved
     sources = {'base': Path(args.base), **{n: out / n / 'weights' / 'best.pt' for n in RECIPES}}
     rows, runners = [], {}
     for name, (label, source, flags) in DEPLOY.items():

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 from utils.parse_config import parse_cfg, parse_data_cfg, rewrite_head, write_cfg  # noqa: E402
-from utils.datasets import default_data  # noqa: E402
+from utils.datasets import resolve_data  # noqa: E402
 from utils.trainer import Trainer  # noqa: E402
 
 
@@ -91,8 +91,7 @@ def bench_size(opt, cfg_path, size, tmp):
 def main(argv=None):
     opt = parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
-    if opt.data == 'data/shapes.data':
-        opt.data = default_data()
+    opt.data = resolve_data(opt.data)
     nc = int(parse_data_cfg(opt.data)['classes'])
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / 'bench.cfg'

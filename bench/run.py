@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'bench'))
 import models  # noqa: E402
 from bench_inference import find_cfg, matmul_peak  # noqa: E402
+from utils.latency import (darknet_runner, openvino_runner, ort_runner, summarize, time_interleaved,  # noqa: E402
+                           torch_runner)
 
 RUNTIMES = ('OpenCV DNN', 'PyTorch eager', 'PyTorch fused', 'PyTorch compiled', 'ORT FP32', 'ORT INT8',
             'OpenVINO FP32', 'OpenVINO INT8')
@@ -71,30 +73,6 @@ def opencv_runner(model, tmp, threads):
     return darknet_runner(tmp / 'm.cfg', tmp / 'm.weights', threads)
 
 
-def darknet_runner(cfg_path, weights_path, threads):
-    """OpenCV DNN on Darknet cfg + .weights files (e.g. export.py --format darknet)."""
-    import cv2
-    cv2.setNumThreads(threads)
-    net = cv2.dnn.readNetFromDarknet(str(cfg_path), str(weights_path))
-    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    names = net.getUnconnectedOutLayersNames()
-
-    def run(x):
-        net.setInput(x)
-        return net.forward(names)
-    return run
-
-
-def torch_runner(model, channels_last=False):
-    def run(x):
-        t = torch.from_numpy(x)
-        if channels_last:
-            t = t.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return model(t)
-    return run
-
-
 def onnx_files(model, size, tmp):
     """(FP32 ONNX, INT8 QDQ ONNX) of the fused model with a dynamic batch."""
     import copy
@@ -107,57 +85,6 @@ def onnx_files(model, size, tmp):
     fp32.write_bytes(onnx_bytes(fused, torch.zeros(1, 3, size, size), dynamic=True))
     quantize_int8(fp32, int8, calibration_images(size))
     return fp32, int8
-
-
-def ort_runner(path, threads):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})
-
-
-def openvino_runner(path, batch, size, threads):
-    """OpenVINO compiled for this batch (a static shape is faster than a dynamic one)."""
-    import openvino as ov
-    core = ov.Core()
-    model = core.read_model(str(path))
-    model.reshape([batch, 3, size, size])
-    compiled = core.compile_model(model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32', 'INFERENCE_NUM_THREADS': threads,
-                                                 'NUM_STREAMS': 1, 'PERFORMANCE_HINT': 'LATENCY'})
-    request = compiled.create_infer_request()
-    return lambda x: request.infer({0: x})
-
-
-# ----------------------------------------------------------------------------- timing
-
-def time_interleaved(runners, x, runs, warmup=2):
-    """{name: [seconds]} over ``runs`` rounds, each round calling every runner once in turn.
-    A runner that fails (e.g. OpenCV on a batch its layers do not support) is dropped."""
-    alive = {}
-    for name, run in runners.items():
-        try:
-            for _ in range(warmup):
-                run(x)
-            alive[name] = run
-        except Exception as e:  # a runtime that cannot run this model/batch gets no row, not a crash
-            print(f'  {name}: skipped ({type(e).__name__}: {str(e).splitlines()[0][:100]})')
-    times = {name: [] for name in alive}
-    for _ in range(runs):
-        for name, run in alive.items():
-            t = time.perf_counter()
-            run(x)
-            times[name].append(time.perf_counter() - t)
-    return times
-
-
-def summarize(seconds, gflops_per_image, batch, opencv_ms):
-    ms = np.array(seconds) * 1e3
-    median = float(statistics.median(ms))
-    return {'median_ms': median, 'p10_ms': float(np.percentile(ms, 10)), 'p90_ms': float(np.percentile(ms, 90)),
-            'gflops_per_s': gflops_per_image * batch / (median / 1e3),
-            'ratio_to_opencv': median / opencv_ms if opencv_ms else None}
 
 
 def bench_model(label, model, size, opt):

@@ -293,13 +293,13 @@ class Showcase:
 
 def measure_latency(show, keys):
     """{'meta': ..., 'times': {key: summary}}: runners for ``keys`` (deploy rows and fine-tuned
-    plans) timed with bench/run.py's time_interleaved on one random letterboxed-size input."""
+    plans) timed with utils.latency.time_interleaved on one random letterboxed-size input."""
     import numpy as np
     import torch
 
     import models
-    from bench.run import (darknet_runner, openvino_runner, ort_runner, summarize, time_interleaved,
-                           torch_runner)  # one set of runtime runners for every benchmark
+    from utils.latency import (darknet_runner, openvino_runner, ort_runner, summarize, time_interleaved,
+                               torch_runner)  # one set of runtime runners for every benchmark
     from utils.backends import openvino_xml
     a = show.args
     threads = torch.get_num_threads()

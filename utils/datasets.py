@@ -820,6 +820,15 @@ class LoadStreams:
         return 0  # unknown: live sources have no length
 
 
+DEFAULT_DATA = 'data/shapes.data'  # every script's --data default: the built-in dataset
+
+
+def resolve_data(path):
+    """``--data`` as given, or the built-in shapes dataset (generated on first use) for the
+    default (or an empty) path."""
+    return default_data() if str(path or '') in ('', DEFAULT_DATA) else str(path)
+
+
 def default_data():
     """The built-in shapes dataset, generated on first use."""
     import importlib.util

@@ -460,7 +460,7 @@ def class_names(entries, data, nc):
 
 def run(opt):
     """Export per ``opt`` (see export.py) and check the result. Returns the written path(s)."""
-    from utils.datasets import default_data
+    from utils.datasets import resolve_data
     from utils.parse_config import parse_data_cfg
     from utils.torch_utils import select_device
     if opt.format not in FORMATS:
@@ -475,8 +475,7 @@ def run(opt):
         raise ValueError(f'--weights {opt.weights} is already an exported model; export.py reads .pt checkpoints '
                          f'and Darknet .weights')
     paths = output_paths(opt)
-    if opt.data in ('', 'data/shapes.data'):
-        opt.data = default_data()
+    opt.data = resolve_data(opt.data)
     data = parse_data_cfg(opt.data, required=('train',) if opt.int8 or opt.calib else ())
     device = select_device(opt.device)
     model, entries = load_source_model(opt, device)

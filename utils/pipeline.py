@@ -117,9 +117,9 @@ def prune(out, sparse, plan, args):
 def qat_hyp(out, args):
     """The dataset's recipe at args.lr_factor x lr0 without burn-in (upstream also dropped the
     learning rate tenfold for QAT), written once into --out."""
-    from utils.datasets import default_data
+    from utils.datasets import resolve_data
     from utils.parse_config import parse_data_cfg
-    data = default_data() if args.data == 'data/shapes.data' else args.data
+    data = resolve_data(args.data)
     hyp = yaml.safe_load((ROOT / parse_data_cfg(data).get('hyp', 'data/hyp.yaml')).read_text())
     hyp.update(lr0=hyp['lr0'] * args.lr_factor, warmup_epochs=0.0)
     path = out / 'hyp.qat.yaml'

@@ -71,9 +71,8 @@ class PruneRun:
         from utils.torch_utils import select_device
         self.opt, self.method = opt, method
         self.device = select_device(opt.device)
-        if opt.data == 'data/shapes.data':
-            from utils.datasets import default_data
-            opt.data = default_data()
+        from utils.datasets import resolve_data
+        opt.data = resolve_data(opt.data)
         self.data = parse_data_cfg(opt.data, required=('valid', 'classes', 'train'))  # mAP; adaptive BN
         self.model, self.ckpt_info = models.load_model(opt.cfg, opt.weights, opt.img_size, self.device)
         if self.model.nc != int(self.data['classes']):

@@ -35,6 +35,7 @@ Activations use ``torch.fake_quantize_per_tensor_affine`` and Google weights
 zero outside, and the ONNX exporter turns them into QuantizeLinear/DequantizeLinear pairs.
 """
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -62,9 +63,9 @@ class QuantSpec:
     def __post_init__(self):
         if self.scheme not in SCHEMES.values():
             raise ValueError(f'quantization scheme {self.scheme!r}: expected one of {sorted(SCHEMES.values())}')
-        for name in ('a_bits', 'w_bits'):
-            if getattr(self, name) not in BITS:
-                raise ValueError(f'--{name.replace("_", "-")[:5]} {getattr(self, name)}: expected one of {BITS}')
+        for flag, bits in (('--a-bit', self.a_bits), ('--w-bit', self.w_bits)):
+            if bits not in BITS:
+                raise ValueError(f'{flag} {bits}: expected one of {BITS}')
         if self.fpga and self.scheme != 'google':
             raise ValueError('--FPGA is a variant of --quantized 1 (Google); DoReFa has no power-of-two form')
         if self.fpga and not self.bn_fold:
@@ -459,9 +460,9 @@ def attach_quantization(trainer, spec):
 def calibration_batches(data, img_size, batch_size=8, seed=0):
     """Float [B,3,H,W] batches in [0, 1] of a shuffled sample of the .data file's train list,
     letterboxed like evaluation (no augmentation)."""
-    from utils.datasets import create_dataloader
+    from utils.datasets import create_dataloader, resolve_data
     from utils.parse_config import parse_data_cfg
-    cfg = parse_data_cfg(data, required=('train', 'classes'))
+    cfg = parse_data_cfg(resolve_data(data), required=('train', 'classes'))
     loader, _ = create_dataloader(cfg['train'], img_size, batch_size, stride=32, augment=False, rect=False,
                                   workers=0, shuffle=True, seed=seed, nc=int(cfg['classes']))
     for imgs, *_ in loader:
@@ -495,7 +496,7 @@ def adopt_checkpoint_spec(opt):
     continues with the checkpoint's settings (recorded in opt, so opt.yaml and --resume keep
     them); flags that contradict it are an error."""
     weights = str(opt.weights or '')
-    if not weights.endswith(('.pt', '.pth')) or not __import__('os').path.isfile(weights):
+    if not weights.endswith(('.pt', '.pth')) or not os.path.isfile(weights):
         return opt
     from models import load_checkpoint
     saved = ckpt_spec(load_checkpoint(weights), weights)
