@@ -23,10 +23,10 @@ import models  # noqa: E402
 
 
 def find_cfg(name):
-    for folder in (ROOT / 'cfg', ROOT.parent / 'shared' / 'darknet-cfg'):
+    for folder in (ROOT / 'cfg', ROOT / 'tests' / 'data' / 'darknet-cfg'):
         if (folder / f'{name}.cfg').is_file():
             return folder / f'{name}.cfg'
-    raise FileNotFoundError(f'{name}.cfg not found in cfg/ or ../shared/darknet-cfg/')
+    raise FileNotFoundError(f'{name}.cfg not found in cfg/ or tests/data/darknet-cfg/')
 
 
 def matmul_peak(threads, n=2048, runs=5):

@@ -85,8 +85,8 @@ def test_load_wh_letterbox_scaling(tiny_data):
     np.testing.assert_allclose(order(wh), order(expected), rtol=1e-5)
 
 
-def test_cli_writes_printed_anchors_into_cfg(tiny_data, shared_cfg, tmp_path, capsys):
-    src = shared_cfg / 'yolov3-tiny.cfg'
+def test_cli_writes_printed_anchors_into_cfg(tiny_data, darknet_cfg, tmp_path, capsys):
+    src = darknet_cfg / 'yolov3-tiny.cfg'
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     out = tmp_path / 'tiny-anchors.cfg'
     got = A.main(['--data', str(tiny_data), '--img-size', '256', '--gen', '100', '--cfg', str(src), '--out', str(out)])

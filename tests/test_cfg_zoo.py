@@ -1,5 +1,5 @@
 """The generated model zoo (utils/cfg_zoo.py) against the committed cfgs, the AlexeyAB
-reference cfgs in ../shared/darknet-cfg, their published parameter counts and
+reference cfgs carried in tests/data/darknet-cfg, their published parameter counts and
 torchvision's independent MobileNetV3."""
 import subprocess
 import sys
@@ -14,14 +14,15 @@ from utils.parse_config import (cfg_to_text, layer_output_channels, parse_cfg, p
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / 'cfg'
-REF = ROOT.parent / 'shared' / 'darknet-cfg'
+REF = ROOT / 'tests' / 'data' / 'darknet-cfg'  # unmodified AlexeyAB cfgs (tests/data/README.md)
+SHARED = ROOT.parent / 'shared'
 STANDARD = ['yolov3', 'yolov3-spp', 'yolov3-tiny', 'yolov4', 'yolov4-tiny']
 MOBILENET = ['yolov3-mobilenet', 'yolov3tiny-mobilenet-small']
 SHAPES = ['yolov3-tiny-shapes', 'yolov4-tiny-shapes']  # half-width tiny models for data/shapes
 MINI = ['yolov3-mini', 'yolov3-mini-shapes']
 ALL = STANDARD + MOBILENET + SHAPES + MINI
 
-# ../shared/darknet-cfg/SOURCES.md: conv weights + biases (no-BN convs) + BN gamma + BN beta.
+# tests/data/darknet-cfg/SOURCES.md: conv weights + biases (no-BN convs) + BN gamma + BN beta.
 REFERENCE_PARAMS = {'yolov3': 61_949_149, 'yolov3-spp': 62_998_749, 'yolov3-tiny': 8_852_366,
                     'yolov4': 64_363_101, 'yolov4-tiny': 6_056_606}
 STRUCTURAL = {
@@ -305,3 +306,17 @@ def test_mobilenet_cfg_computes_torchvision_mobilenetv3(name, arch, last):
         got, want = model.tapped[end], ref(x)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_carried_references_equal_shared():
+    """The reference files carried in tests/data are byte-identical to the project's shared
+    copies (where a checkout has ../shared: a user's clone does not, and needs none)."""
+    if not (SHARED / 'darknet-cfg').is_dir():
+        pytest.skip('no ../shared beside this clone: nothing to compare the carried copies with')
+    for src in sorted((SHARED / 'darknet-cfg').iterdir()):
+        assert (REF / src.name).read_bytes() == src.read_bytes(), f'tests/data/darknet-cfg/{src.name} differs'
+    import re
+    spec = (SHARED / 'spec' / 'upstream-behaviour.md').read_text()
+    table = re.search(r'the inverse of the 80→91 table\s*`\[([\d,\s]+)\]`', spec).group(1)
+    carried = (ROOT / 'tests' / 'data' / 'coco_80_to_91.txt').read_text().split()
+    assert [int(v) for v in table.replace('\n', '').split(',')] == [int(v) for v in carried]

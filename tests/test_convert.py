@@ -18,7 +18,7 @@ import scipy.io as sio
 from utils.parse_config import parse_data_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / 'shared'
+DATA = ROOT / 'tests' / 'data'  # reference files carried in the repo (tests/data/README.md)
 _spec = importlib.util.spec_from_file_location('data_convert', ROOT / 'data' / 'convert.py')
 conv = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(conv)
@@ -139,8 +139,7 @@ def test_coco(tmp_path, capsys):
     assert b.read_text() == ''
     (c,) = check_lists(out, 'train2017', ['000000000010.png'])
     assert_rows(c, [(2, 5 / 90, 5 / 30, 10 / 90, 10 / 30)])  # car (id 3 -> 2) on 90x30
-    names = (SHARED / 'darknet-cfg' / 'coco.names').read_text().splitlines() \
-        if (SHARED / 'darknet-cfg' / 'coco.names').is_file() else conv.COCO_NAMES
+    names = (DATA / 'darknet-cfg' / 'coco.names').read_text().splitlines()
     check_data(out, 'coco', 80, 'train2017', 'val2017', names)
     # copies are byte-identical
     assert (out / 'images' / 'val2017' / '000000000001.jpg').read_bytes() == \
@@ -155,11 +154,11 @@ def test_coco(tmp_path, capsys):
 
 
 def test_coco_table_matches_spec():
-    """The 80 -> 91 table equals the one in the spec (§3.4), and is a strictly increasing map."""
-    from conftest import require_shared
-    text = (require_shared('spec') / 'upstream-behaviour.md').read_text()
-    table = re.search(r'the inverse of the 80→91 table\s*`\[([\d,\s]+)\]`', text).group(1)
-    assert [int(v) for v in table.replace('\n', '').split(',')] == conv.COCO_80_TO_91
+    """The 80 -> 91 table equals COCO's category ids as the spec lists them (§3.4; carried in
+    tests/data/coco_80_to_91.txt), and is a strictly increasing map."""
+    table = (DATA / 'coco_80_to_91.txt').read_text().split()
+    assert [int(v) for v in table] == conv.COCO_80_TO_91
+    assert all(a < b for a, b in zip(conv.COCO_80_TO_91, conv.COCO_80_TO_91[1:]))
     assert len(conv.COCO_NAMES) == 80
 
 

@@ -13,10 +13,10 @@ from darknet_ref import opencv_copy, opencv_outputs, our_outputs_like_opencv, ra
 from utils.parse_config import CfgError, cfg_to_text, parse_cfg, parse_cfg_text, rewrite_head
 
 
-def reference_table(shared_cfg):
+def reference_table(darknet_cfg):
     """cfg name -> (params, BFLOPS@416, BFLOPS@608) from SOURCES.md (None where n/a)."""
     table = {}
-    for line in (shared_cfg / 'SOURCES.md').read_text().splitlines():
+    for line in (darknet_cfg / 'SOURCES.md').read_text().splitlines():
         m = re.match(r'\| (\S+\.cfg) \| ([\d,]+) \| ([^|]+) \|', line)
         if m:
             flops = re.findall(r'[\d.]+', m.group(3))
@@ -29,11 +29,11 @@ def meta_model(cfg, **kw):
         return models.Darknet(cfg, **kw)
 
 
-def test_every_reference_cfg_builds_with_exact_params_and_flops(shared_cfg):
-    table = reference_table(shared_cfg)
+def test_every_reference_cfg_builds_with_exact_params_and_flops(darknet_cfg):
+    table = reference_table(darknet_cfg)
     assert len(table) == 13
     for name, (params, bflops416, bflops608) in table.items():
-        model = meta_model(shared_cfg / name)
+        model = meta_model(darknet_cfg / name)
         assert models.count_parameters(model)[0] == params, name
         if bflops416 is not None:
             for size, ref in ((416, bflops416), (608, bflops608)):
@@ -41,29 +41,29 @@ def test_every_reference_cfg_builds_with_exact_params_and_flops(shared_cfg):
                 assert abs(gflops - ref) / ref < 0.01, (name, size, gflops, ref)
 
 
-def test_head_strides_from_shapes(shared_cfg):
-    assert meta_model(shared_cfg / 'yolov3.cfg').stride.tolist() == [32, 16, 8]
-    assert meta_model(shared_cfg / 'yolov4.cfg').stride.tolist() == [8, 16, 32]  # stride-8 head first
-    assert meta_model(shared_cfg / 'yolov4-tiny.cfg').stride.tolist() == [32, 16]
+def test_head_strides_from_shapes(darknet_cfg):
+    assert meta_model(darknet_cfg / 'yolov3.cfg').stride.tolist() == [32, 16, 8]
+    assert meta_model(darknet_cfg / 'yolov4.cfg').stride.tolist() == [8, 16, 32]  # stride-8 head first
+    assert meta_model(darknet_cfg / 'yolov4-tiny.cfg').stride.tolist() == [32, 16]
 
 
-def test_one_class_rewrite_param_count(shared_cfg):
-    sections = rewrite_head(parse_cfg(shared_cfg / 'yolov3.cfg'), classes=1)
+def test_one_class_rewrite_param_count(darknet_cfg):
+    sections = rewrite_head(parse_cfg(darknet_cfg / 'yolov3.cfg'), classes=1)
     assert models.count_parameters(meta_model(sections))[0] == 61_523_734
     assert [d['filters'] for i, d in enumerate(sections[1:]) if sections[i + 2:i + 3] and
             sections[i + 2]['type'] == 'yolo'] == [18, 18, 18]
 
 
-def test_cfg_round_trip_is_identity(shared_cfg):
-    for path in sorted(shared_cfg.glob('*.cfg')):
+def test_cfg_round_trip_is_identity(darknet_cfg):
+    for path in sorted(darknet_cfg.glob('*.cfg')):
         sections = parse_cfg(path)
         assert parse_cfg_text(cfg_to_text(sections)) == sections, path.name
 
 
 @pytest.mark.parametrize('name', ['yolov3-tiny', 'yolov4-tiny', 'yolov4-csp', 'yolov7-tiny'])
-def test_outputs_equal_opencv(shared_cfg, tmp_path, name):
+def test_outputs_equal_opencv(darknet_cfg, tmp_path, name):
     """Independent Darknet implementation: OpenCV 4.x DNN on the cfg + weights we write."""
-    model = randomize(models.Darknet(shared_cfg / f'{name}.cfg'))
+    model = randomize(models.Darknet(darknet_cfg / f'{name}.cfg'))
     opencv_copy(model, tmp_path / 'a.cfg', tmp_path / 'a.weights')
     x = torch.rand(1, 3, 416, 416, generator=torch.Generator().manual_seed(1))
     ours, ref = our_outputs_like_opencv(model, x), opencv_outputs(tmp_path / 'a.cfg', tmp_path / 'a.weights', x)
@@ -75,8 +75,8 @@ def test_outputs_equal_opencv(shared_cfg, tmp_path, name):
         assert np.abs(o[:, 4:] - r[:, 4:]).max() < 5e-4
 
 
-def test_eval_rows_ordered_head_anchor_y_x(shared_cfg):
-    model = randomize(models.Darknet(shared_cfg / 'yolov4-tiny.cfg'), size=128)
+def test_eval_rows_ordered_head_anchor_y_x(darknet_cfg):
+    model = randomize(models.Darknet(darknet_cfg / 'yolov4-tiny.cfg'), size=128)
     x = torch.rand(2, 3, 96, 128)  # non-square input
     pred, raw = model(x)
     assert [tuple(r.shape) for r in raw] == [(2, 3, 3, 4, 85), (2, 3, 6, 8, 85)]
@@ -129,12 +129,12 @@ def test_darknet_maxpool_semantics():
     assert models.MaxPool(5, 1, 4)(torch.ones(1, 1, 13, 13)).shape[-1] == 13
 
 
-def test_weights_write_read_write_byte_identical(shared_cfg, tmp_path):
-    model = randomize(models.Darknet(shared_cfg / 'yolov4-tiny.cfg'), size=64)
+def test_weights_write_read_write_byte_identical(darknet_cfg, tmp_path):
+    model = randomize(models.Darknet(darknet_cfg / 'yolov4-tiny.cfg'), size=64)
     models.save_weights(model, tmp_path / 'a.weights')
     size = (tmp_path / 'a.weights').stat().st_size
     assert size == 20 + 4 * sum(t.numel() for t in model.state_dict().values() if t.dtype == torch.float32)
-    other = models.Darknet(shared_cfg / 'yolov4-tiny.cfg')
+    other = models.Darknet(darknet_cfg / 'yolov4-tiny.cfg')
     models.load_darknet_weights(other, tmp_path / 'a.weights')
     models.save_weights(other, tmp_path / 'b.weights')
     assert (tmp_path / 'a.weights').read_bytes() == (tmp_path / 'b.weights').read_bytes()
@@ -143,12 +143,12 @@ def test_weights_write_read_write_byte_identical(shared_cfg, tmp_path):
             assert torch.equal(v, other.state_dict()[k]), k
 
 
-def test_old_header_keeps_int32_seen(shared_cfg, tmp_path):
-    model = models.Darknet(shared_cfg / 'yolov3-tiny.cfg')
+def test_old_header_keeps_int32_seen(darknet_cfg, tmp_path):
+    model = models.Darknet(darknet_cfg / 'yolov3-tiny.cfg')
     model.header = (0, 1, 0, 12345)
     blob = models.darknet_weights_bytes(model)
     (tmp_path / 'old.weights').write_bytes(blob)
-    other = models.Darknet(shared_cfg / 'yolov3-tiny.cfg')
+    other = models.Darknet(darknet_cfg / 'yolov3-tiny.cfg')
     models.load_darknet_weights(other, tmp_path / 'old.weights')
     assert other.header == (0, 1, 0, 12345)
     assert models.darknet_weights_bytes(other) == blob
@@ -156,18 +156,18 @@ def test_old_header_keeps_int32_seen(shared_cfg, tmp_path):
                                                      if isinstance(m, torch.nn.BatchNorm2d))
 
 
-def test_wrong_size_file_states_expected_and_actual(shared_cfg, tmp_path):
-    model = models.Darknet(shared_cfg / 'yolov3-tiny.cfg')
+def test_wrong_size_file_states_expected_and_actual(darknet_cfg, tmp_path):
+    model = models.Darknet(darknet_cfg / 'yolov3-tiny.cfg')
     blob = models.darknet_weights_bytes(model)
     (tmp_path / 'short.weights').write_bytes(blob[:-8])
     with pytest.raises(ValueError, match=rf'{len(blob) - 8} bytes .* needs {len(blob)} bytes'):
         models.load_darknet_weights(model, tmp_path / 'short.weights')
 
 
-def test_pretrain_skips_only_the_heads(shared_cfg, tmp_path):
-    coco = randomize(models.Darknet(shared_cfg / 'yolov4-tiny-3l.cfg'), size=64)
+def test_pretrain_skips_only_the_heads(darknet_cfg, tmp_path):
+    coco = randomize(models.Darknet(darknet_cfg / 'yolov4-tiny-3l.cfg'), size=64)
     models.save_weights(coco, tmp_path / 'coco.weights')
-    three = models.Darknet(rewrite_head(parse_cfg(shared_cfg / 'yolov4-tiny-3l.cfg'), classes=3))
+    three = models.Darknet(rewrite_head(parse_cfg(darknet_cfg / 'yolov4-tiny-3l.cfg'), classes=3))
     with pytest.raises(ValueError, match='pretrain'):
         models.load_darknet_weights(three, tmp_path / 'coco.weights')
     loaded = models.load_darknet_weights(three, tmp_path / 'coco.weights', pretrain=True)
@@ -180,18 +180,18 @@ def test_pretrain_skips_only_the_heads(shared_cfg, tmp_path):
                 assert torch.equal(v, coco.module_list[i].state_dict()[k]), (i, k)
 
 
-def test_cutoff_partial_file(shared_cfg, tmp_path):
-    model = randomize(models.Darknet(shared_cfg / 'yolov3-tiny.cfg'), size=64)
+def test_cutoff_partial_file(darknet_cfg, tmp_path):
+    model = randomize(models.Darknet(darknet_cfg / 'yolov3-tiny.cfg'), size=64)
     models.save_weights(model, tmp_path / 'yolov3-tiny.conv.15', cutoff=15)
-    fresh = models.Darknet(shared_cfg / 'yolov3-tiny.cfg')
+    fresh = models.Darknet(darknet_cfg / 'yolov3-tiny.cfg')
     loaded = models.load_darknet_weights(fresh, tmp_path / 'yolov3-tiny.conv.15')  # cutoff from the name
     assert max(loaded) < 15 and len(loaded) == sum(d['type'] == 'convolutional' for d in fresh.module_defs[:15])
     assert torch.equal(fresh.module_list[12].Conv2d.weight, model.module_list[12].Conv2d.weight)
     assert not torch.equal(fresh.module_list[15].Conv2d.weight, model.module_list[15].Conv2d.weight)
 
 
-def test_fuse_keeps_outputs(shared_cfg):
-    model = randomize(models.Darknet(shared_cfg / 'yolov4-tiny.cfg'), size=128)
+def test_fuse_keeps_outputs(darknet_cfg):
+    model = randomize(models.Darknet(darknet_cfg / 'yolov4-tiny.cfg'), size=128)
     x = torch.rand(1, 3, 160, 160)
     with torch.no_grad():
         before = model(x)[1]
@@ -202,8 +202,8 @@ def test_fuse_keeps_outputs(shared_cfg):
         assert (b - a).abs().max() <= 1e-5 * max(1.0, b.abs().max().item())
 
 
-def test_checkpoint_round_trip_and_pickle_refused(shared_cfg, tmp_path):
-    model = randomize(models.Darknet(shared_cfg / 'yolov3-tiny.cfg'), size=64)
+def test_checkpoint_round_trip_and_pickle_refused(darknet_cfg, tmp_path):
+    model = randomize(models.Darknet(darknet_cfg / 'yolov3-tiny.cfg'), size=64)
     models.save_checkpoint(tmp_path / 'a.pt', model, epoch=3, best_fitness=0.5)
     rebuilt, ckpt = models.model_from_checkpoint(tmp_path / 'a.pt')
     assert ckpt['epoch'] == 3 and parse_cfg_text(ckpt['cfg']) == model.sections
@@ -217,8 +217,8 @@ def test_checkpoint_round_trip_and_pickle_refused(shared_cfg, tmp_path):
         models.load_checkpoint(tmp_path / 'cut.pt')
 
 
-def test_cli_convert_round_trip_and_summary(shared_cfg, tmp_path):
-    cfg = shared_cfg / 'yolov3-tiny.cfg'
+def test_cli_convert_round_trip_and_summary(darknet_cfg, tmp_path):
+    cfg = darknet_cfg / 'yolov3-tiny.cfg'
     model = randomize(models.Darknet(cfg), size=64)
     models.save_weights(model, tmp_path / 'a.weights')
     run = lambda *a: subprocess.run([sys.executable, 'models.py', *map(str, a)], capture_output=True, text=True)
@@ -329,8 +329,8 @@ def test_weighted_shortcut_by_hand():
     assert out.view(-1).tolist() == [3.0, 3.0, 1.0]
 
 
-def test_optimize_for_inference_keeps_outputs(shared_cfg):
-    model = randomize(models.Darknet(shared_cfg / 'yolov3-tiny.cfg'), size=128)
+def test_optimize_for_inference_keeps_outputs(darknet_cfg):
+    model = randomize(models.Darknet(darknet_cfg / 'yolov3-tiny.cfg'), size=128)
     x = torch.rand(1, 3, 128, 128)
     fast = models.optimize_for_inference(model)
     with torch.inference_mode():
