@@ -1,6 +1,8 @@
 """Metrics: agreement with pycocotools on synthetic scenes, hand-worked AP, confusion matrix, plots."""
+import ast
 import contextlib
 import io
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 from utils.metrics import (IOU_THRESHOLDS, ConfusionMatrix, Evaluator, ap_per_class, fitness, match_predictions)
+from utils.plots import plot_ap_curves, plot_confusion_matrices
 
 pycocotools = pytest.importorskip('pycocotools')
 from pycocotools.coco import COCO  # noqa: E402
@@ -215,7 +218,7 @@ def test_confusion_matrix_hand_case(tmp_path):
                          [0, 0, 1],   # predicted 1
                          [0, 1, 0]])  # predicted background (missed GT)
     np.testing.assert_array_equal(cm.matrix, expected)
-    paths = cm.plot(tmp_path, names=['cat', 'dog'])
+    paths = plot_confusion_matrices(cm, tmp_path, names=['cat', 'dog'])
     assert [p.name for p in paths] == ['confusion_matrix.png', 'confusion_matrix_normalized.png']
     assert all(p.stat().st_size > 1000 for p in paths)
 
@@ -234,11 +237,25 @@ def test_metric_plots(tmp_path):
     data = make_dataset(5, 20, nc)
     ev = Evaluator(nc, names=['a', 'b', 'c'])
     ev.update([d for _, d in data], [lab for lab, _ in data])
-    ev.compute(plot=True, save_dir=tmp_path)
+    plot_ap_curves(ev.compute()['ap_result'], tmp_path, ev.names)
+    plot_confusion_matrices(ev.confusion_matrix, tmp_path, ev.names)
     for name in ('pr_curve.png', 'f1_curve.png', 'p_curve.png', 'r_curve.png', 'confusion_matrix.png',
                  'confusion_matrix_normalized.png'):
         img = cv2.imread(str(tmp_path / name))
         assert img is not None and img.std() > 5, name  # a real, non-blank picture
+
+
+def test_metrics_does_not_import_plots():
+    """plots draws what metrics computes; an import of plots anywhere in metrics (a function's
+    too) would make the two a circle."""
+    tree = ast.parse((Path(__file__).resolve().parents[1] / 'utils' / 'metrics.py').read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.update([node.module] + [f'{node.module}.{a.name}' for a in node.names])
+    assert 'utils.plots' not in imported
 
 
 # ------------------------------------------------------------------------------------ plots

@@ -118,8 +118,10 @@ def evaluate(model, loader, names, conf_thres=0.001, iou_thres=0.6, loss_fn=None
         evaluator.update(batch_dets, batch_gts)
         if plots and save_dir and bi < 3:
             _plot_val_batch(imgs, targets, dets, paths, names, save_dir, bi)
-    metrics = evaluator.compute(plot=bool(plots and save_dir), save_dir=save_dir)
-    metrics.pop('ap_result', None)
+    metrics = evaluator.compute()
+    ap_result = metrics.pop('ap_result')
+    if plots and save_dir:
+        _plot_metrics(ap_result, evaluator.confusion_matrix, names, save_dir)
     metrics['speed_ms'] = {'inference': 1e3 * t_infer / max(n_images, 1), 'nms': 1e3 * t_nms / max(n_images, 1),
                            'total': 1e3 * (t_infer + t_nms) / max(n_images, 1)}
     metrics['val_losses'] = (val_losses / max(len(loader), 1)).tolist()
@@ -172,6 +174,12 @@ def _print_table(m, names, verbose):
             print(row % (names[c['class']], c['images'], c['targets'], c['p'], c['r'], c['ap50'], c['ap']))
     s = m['speed_ms']
     print(f"Speed: {s['inference']:.1f}/{s['nms']:.1f}/{s['total']:.1f} ms inference/NMS/total per image")
+
+
+def _plot_metrics(ap_result, confusion, names, save_dir):
+    from utils.plots import plot_ap_curves, plot_confusion_matrices
+    plot_ap_curves(ap_result, save_dir, names)
+    plot_confusion_matrices(confusion, save_dir, names)
 
 
 def _plot_val_batch(imgs, targets, dets, paths, names, save_dir, bi):

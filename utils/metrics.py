@@ -15,7 +15,6 @@ medium/large area ranges. IoU is computed in float64 from xyxy boxes (pycocotool
 xywh, which can differ in the last bit at an exact threshold tie).
 """
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -255,14 +254,12 @@ def _class_curves(tp, conf, n_gt, i50):
     return ap, interp50, p, tp_at / n_gt
 
 
-def ap_per_class(tp, conf, pred_cls, target_cls, iou_thresholds=IOU_THRESHOLDS, names=None, plot=False,
-                 save_dir=None):
+def ap_per_class(tp, conf, pred_cls, target_cls, iou_thresholds=IOU_THRESHOLDS):
     """COCO 101-point AP per class and IoU threshold, plus P/R/F1.
 
     tp [n, T] bool (from ``match_predictions``), conf [n], pred_cls [n], target_cls [m] (one
-    entry per GT). Classes without GT are left out (as cocoeval does). With ``plot``, writes
-    pr_curve.png, f1_curve.png, p_curve.png and r_curve.png into ``save_dir``.
-    Returns an ``APResult``.
+    entry per GT). Classes without GT are left out (as cocoeval does). Returns an ``APResult``
+    (utils.plots.plot_ap_curves draws its curves).
     """
     conf = _vec(conf, np.float64)
     pred_cls, target_cls = _vec(pred_cls, np.int64), _vec(target_cls, np.int64)
@@ -281,11 +278,8 @@ def ap_per_class(tp, conf, pred_cls, target_cls, iou_thresholds=IOU_THRESHOLDS, 
     f1_curve = np.divide(2 * p_curve * r_curve, p_curve + r_curve, out=np.zeros_like(p_curve),
                          where=(p_curve + r_curve) > 0)
     best = int(f1_curve.mean(0).argmax()) if C else 0
-    result = APResult(classes, n_targets, ap, p_curve[:, best], r_curve[:, best], f1_curve[:, best],
-                      float(CONF_GRID[best]), p_curve, r_curve, f1_curve, pr_curve, thresholds)
-    if plot:
-        _plot_curves(result, names, save_dir)
-    return result
+    return APResult(classes, n_targets, ap, p_curve[:, best], r_curve[:, best], f1_curve[:, best],
+                    float(CONF_GRID[best]), p_curve, r_curve, f1_curve, pr_curve, thresholds)
 
 
 def class_name(names, c):
@@ -295,18 +289,6 @@ def class_name(names, c):
     if names is not None and 0 <= c < len(names):
         return str(names[c])
     return str(c)
-
-
-def _plot_curves(result, names, save_dir):
-    from utils import plots
-    if save_dir is None:
-        raise ValueError('ap_per_class(plot=True) needs save_dir')
-    save_dir = Path(save_dir)
-    labels = [class_name(names, int(c)) for c in result.classes]
-    plots.plot_pr_curve(RECALL_POINTS, result.pr_curve, result.ap50, save_dir / 'pr_curve.png', labels)
-    for curve, name, ylabel in ((result.f1_curve, 'f1_curve.png', 'F1'), (result.p_curve, 'p_curve.png', 'Precision'),
-                                (result.r_curve, 'r_curve.png', 'Recall')):
-        plots.plot_mc_curve(CONF_GRID, curve, save_dir / name, labels, xlabel='Confidence', ylabel=ylabel)
 
 
 def _greedy_pairs(iou):
@@ -359,18 +341,6 @@ class ConfusionMatrix:
         g_free[gi], d_free[di] = False, False
         np.add.at(self.matrix, (self.nc, g_cls[g_free]), 1)
         np.add.at(self.matrix, (d_cls[d_free], self.nc), 1)
-
-    def plot(self, save_dir, names=None, normalize=True):
-        """Write confusion_matrix.png (counts) and, with ``normalize``, confusion_matrix_normalized.png
-        (each true-class column sums to 1). Returns the written paths."""
-        from utils import plots
-        labels = [class_name(names, i) for i in range(self.nc)] + ['background']
-        save_dir = Path(save_dir)
-        paths = [plots.plot_confusion_matrix(self.matrix, labels, save_dir / 'confusion_matrix.png', normalize=False)]
-        if normalize:
-            paths.append(plots.plot_confusion_matrix(self.matrix, labels, save_dir / 'confusion_matrix_normalized.png',
-                                                     normalize=True))
-        return paths
 
 
 class Evaluator:
@@ -428,19 +398,17 @@ class Evaluator:
         present = np.unique(g_img * self.nc + g_cls) % self.nc if len(g_cls) else np.zeros(0, np.int64)
         self.images_per_class += np.bincount(present, minlength=self.nc)
 
-    def compute(self, nc=None, plot=False, save_dir=None, names=None):
+    def compute(self, nc=None, names=None):
         """-> dict: precision, recall, f1 (means over classes with GT at the best-F1 confidence),
         map50, map50_95, fitness, conf, images, targets, maps [nc] (per-class mAP@0.5:0.95, classes
         without GT get the mean), per_class (list of dicts: class, name, images, targets, p, r, ap50, ap),
-        ap_result (the APResult). With ``plot``: curves and confusion matrices into ``save_dir``."""
+        ap_result (the APResult, what utils.plots.plot_ap_curves draws)."""
         nc = nc or self.nc
         names = names if names is not None else self.names
         cat = (lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape))
         res = ap_per_class(cat(self._tp, (0, len(self.iou_thresholds))).astype(bool), cat(self._conf, (0,)),
                            cat(self._cls, (0,)).astype(np.int64), cat(self._tcls, (0,)).astype(np.int64),
-                           self.iou_thresholds, names=names, plot=plot, save_dir=save_dir)
-        if plot and self.confusion_matrix is not None:
-            self.confusion_matrix.plot(save_dir, names)
+                           self.iou_thresholds)
         map50, map50_95 = res.map50, res.map50_95
         maps = np.full(nc, map50_95)
         maps[res.classes] = res.ap.mean(1)

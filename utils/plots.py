@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from utils.general import atomic_write_bytes
-from utils.metrics import class_name
+from utils.metrics import CONF_GRID, RECALL_POINTS, class_name
 
 # 20 well-separated colours (RGB); class i uses PALETTE[i % 20] everywhere (boxes, curves)
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -114,6 +114,32 @@ def plot_confusion_matrix(matrix, labels, save_path, normalize=True):
     ax.set_yticks(range(n) if ticks else [], ticks, fontsize=7)
     ax.set(xlabel='True', ylabel='Predicted', title='Confusion matrix' + (' (normalised)' if normalize else ''))
     return save_figure(fig, save_path)
+
+
+def plot_ap_curves(ap_result, save_dir, names=None):
+    """An evaluation's curves (a utils.metrics.APResult) -> pr_curve.png, f1_curve.png, p_curve.png
+    and r_curve.png in ``save_dir``, one line per class with GT. Returns the written paths."""
+    save_dir = Path(save_dir)
+    labels = [class_name(names, int(c)) for c in ap_result.classes]
+    paths = [plot_pr_curve(RECALL_POINTS, ap_result.pr_curve, ap_result.ap50, save_dir / 'pr_curve.png', labels)]
+    for curve, name, ylabel in ((ap_result.f1_curve, 'f1_curve.png', 'F1'),
+                                (ap_result.p_curve, 'p_curve.png', 'Precision'),
+                                (ap_result.r_curve, 'r_curve.png', 'Recall')):
+        paths.append(plot_mc_curve(CONF_GRID, curve, save_dir / name, labels, xlabel='Confidence', ylabel=ylabel))
+    return paths
+
+
+def plot_confusion_matrices(confusion, save_dir, names=None, normalize=True):
+    """A utils.metrics.ConfusionMatrix -> confusion_matrix.png (counts) and, with ``normalize``,
+    confusion_matrix_normalized.png (each true-class column sums to 1) in ``save_dir``.
+    Returns the written paths."""
+    labels = [class_name(names, i) for i in range(confusion.nc)] + ['background']
+    save_dir = Path(save_dir)
+    paths = [plot_confusion_matrix(confusion.matrix, labels, save_dir / 'confusion_matrix.png', normalize=False)]
+    if normalize:
+        paths.append(plot_confusion_matrix(confusion.matrix, labels, save_dir / 'confusion_matrix_normalized.png',
+                                           normalize=True))
+    return paths
 
 
 # ----------------------------------------------------------------------------------------- images
