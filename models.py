@@ -571,6 +571,15 @@ def load_checkpoint(path, map_location='cpu'):
     return ckpt
 
 
+def weights_checkpoint(weights):
+    """The entries of ``weights`` when it names an existing ``.pt``/``.pth`` checkpoint, else None
+    (Darknet weights, none given, or a missing file, which each caller reports in its own words)."""
+    weights = str(weights or '')
+    if not weights.endswith(('.pt', '.pth')) or not os.path.isfile(weights):
+        return None
+    return load_checkpoint(weights)
+
+
 def _layer_of(key):
     """'module_list.12.Conv2d.weight' -> 12 (None for keys outside module_list)."""
     m = re.match(r'module_list\.(\d+)\.', key)

@@ -142,18 +142,21 @@ def main(argv=None):
     from utils.datasets import resolve_data
     from utils.trainer import Trainer, resume_options
     with user_errors(FloatingPointError):
+        start_ckpt = None  # --resume trains the checkpoint it resumes, whatever --weights says
         if opt.resume:
             opt = resume_options(opt, defaults=parse_args([]))
         else:
+            from models import weights_checkpoint
             from utils.quant import adopt_checkpoint_spec, spec_from_opt
             spec_from_opt(opt)  # flag errors before any work
-            adopt_checkpoint_spec(opt)
+            start_ckpt = weights_checkpoint(opt.weights)  # read once: for its quantization and its weights
+            adopt_checkpoint_spec(opt, start_ckpt)
         opt.data = resolve_data(opt.data)
         if opt.evolve:
             from utils.evolve import evolve
-            evolve(opt, configure=add_features)
+            evolve(opt, configure=add_features, start_ckpt=start_ckpt)
         else:
-            add_features(Trainer(opt)).train()
+            add_features(Trainer(opt, start_ckpt=start_ckpt)).train()
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@ observers' life cycle, and QAT / PTQ runs through train.py and test.py."""
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,12 +250,17 @@ def test_qat_resume_is_exact_and_bn_freezes(tmp_path, tiny_data):
     assert a['module_list.0.bn_frozen']  # frozen after 60% of the 6 steps
 
 
-def test_qat_from_a_quantized_checkpoint_adopts_its_settings(tmp_path, tiny_data):
+def test_qat_from_a_quantized_checkpoint_adopts_its_settings(tmp_path, tiny_data, monkeypatch):
     flags = QAT_RUNS['g8-fold-fpga']
     run_train(tmp_path, tiny_data, '--epochs', '1', '--batch-size', '8', '--notest', '--name', 'q', *flags)
     q = tmp_path / 'runs' / 'q' / 'weights' / 'last.pt'
+    reads, load_checkpoint = [], models.load_checkpoint
+    monkeypatch.setattr(models, 'load_checkpoint', lambda path, **kw: (reads.append(Path(path)),
+                                                                        load_checkpoint(path, **kw))[1])
     run_train(tmp_path, tiny_data, '--epochs', '1', '--batch-size', '8', '--notest', '--name', 'more',
               '--weights', q)  # no flags: continues quantized
+    assert reads.count(q) == 1  # its settings and its weights come from one read
+    monkeypatch.undo()
     ckpt = models.load_checkpoint(tmp_path / 'runs' / 'more' / 'weights' / 'last.pt')
     assert ckpt['quant'] == models.load_checkpoint(q)['quant']
     with pytest.raises(SystemExit, match='asks for'):

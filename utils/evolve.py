@@ -70,8 +70,9 @@ def write_rows(path, rows):
     atomic_write_text(path, '\n'.join(lines) + '\n')
 
 
-def evolve(opt, configure=None):
-    """``opt.evolve`` generations; ``configure(trainer)`` registers feature hooks on each run's Trainer."""
+def evolve(opt, configure=None, start_ckpt=None):
+    """``opt.evolve`` generations; ``configure(trainer)`` registers feature hooks on each run's Trainer;
+    ``start_ckpt``: the --weights checkpoint's entries when the caller has read them (see Trainer)."""
     from utils.metrics import fitness
     from utils.trainer import Trainer, hyp_path, load_hyp
     opt.hyp = hyp_path(opt)
@@ -91,7 +92,7 @@ def evolve(opt, configure=None):
         run_opt.hyp, run_opt.evolve, run_opt.notest, run_opt.nosave = str(hyp_path), 0, True, True
         run_opt.project, run_opt.name = str(out), f'gen{len(rows)}'
         print(f'\nEvolve generation {g + 1}/{generations}')
-        trainer = Trainer(run_opt)
+        trainer = Trainer(run_opt, start_ckpt=start_ckpt)
         if configure is not None:
             configure(trainer)
         result = trainer.train()

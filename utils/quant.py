@@ -35,7 +35,6 @@ Activations use ``torch.fake_quantize_per_tensor_affine`` and Google weights
 zero outside, and the ONNX exporter turns them into QuantizeLinear/DequantizeLinear pairs.
 """
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -491,15 +490,12 @@ def prepare_for_inference(model, opt, device):
     return model
 
 
-def adopt_checkpoint_spec(opt):
-    """train.py: starting from a quantization-aware ``--weights q.pt`` with no quantization flags
-    continues with the checkpoint's settings (recorded in opt, so opt.yaml and --resume keep
-    them); flags that contradict it are an error."""
+def adopt_checkpoint_spec(opt, start_ckpt):
+    """train.py: starting from a quantization-aware ``--weights q.pt`` (``start_ckpt``: its entries,
+    None for other weights) with no quantization flags continues with the checkpoint's settings
+    (recorded in opt, so opt.yaml and --resume keep them); flags that contradict it are an error."""
     weights = str(opt.weights or '')
-    if not weights.endswith(('.pt', '.pth')) or not os.path.isfile(weights):
-        return opt
-    from models import load_checkpoint
-    saved = ckpt_spec(load_checkpoint(weights), weights)
+    saved = ckpt_spec(start_ckpt, weights)
     if saved is None:
         return opt
     resolve_spec(spec_from_opt(opt), saved, weights)

@@ -134,8 +134,10 @@ def cosine_lr(epoch, epochs, lrf):
 
 
 class Trainer:
-    def __init__(self, opt):
-        self.opt = opt
+    def __init__(self, opt, start_ckpt=None):
+        """``start_ckpt``: the entries of the ``--weights`` checkpoint when the caller has read them
+        already (train.py does, for their quantization settings); read by ``setup()`` otherwise."""
+        self.opt, self.start_ckpt = opt, start_ckpt
         self.rank, self.local_rank, self.world_size = world_info()
         self.main = self.rank in (-1, 0)
         # extension points (see the module docstring); register before setup()/train()
@@ -265,7 +267,9 @@ class Trainer:
         weights = '' if ckpt is not None else str(opt.weights or '')
         if weights and not os.path.isfile(weights):
             raise FileNotFoundError(f'--weights {weights} not found (use --weights "" to start from random weights)')
-        init = models.load_checkpoint(weights) if weights.endswith(('.pt', '.pth')) else None
+        init = None
+        if weights:
+            init = self.start_ckpt if self.start_ckpt is not None else models.weights_checkpoint(weights)
         if ckpt is not None:
             cfg, cfg_name = ckpt['cfg'], f'the cfg stored in {self.ckpt_path}'
         elif opt.cfg:
