@@ -545,10 +545,28 @@ def checkpoint_dict(model, optimizer=None, epoch=-1, best_fitness=None, **extra)
             'cfg': m.cfg_text(), **extra}
 
 
+def write_checkpoint(path, ckpt):
+    """Atomically save the checkpoint entries ``ckpt`` to ``path`` (a crash leaves the old file)."""
+    return atomic_save(lambda tmp: torch.save(ckpt, tmp), path)
+
+
 def save_checkpoint(path, model, optimizer=None, epoch=-1, best_fitness=None, **extra):
     """Atomically save ``checkpoint_dict(model, ...)`` to ``path``."""
-    ckpt = checkpoint_dict(model, optimizer, epoch, best_fitness, **extra)
-    return atomic_save(lambda tmp: torch.save(ckpt, tmp), path)
+    return write_checkpoint(path, checkpoint_dict(model, optimizer, epoch, best_fitness, **extra))
+
+
+TRAINING_STATE_KEYS = ('optimizer', 'rng', 'scaler', 'ema_updates')  # what only resuming a run needs
+
+
+def finalize_checkpoint(path):
+    """Rewrite a finished run's checkpoint for use: its EMA weights (when it kept them) become the
+    model, and the state only resuming needs (TRAINING_STATE_KEYS) is set to None."""
+    ckpt = load_checkpoint(path)
+    if 'ema' in ckpt:
+        ckpt['model'] = ckpt.pop('ema')
+    for k in TRAINING_STATE_KEYS:
+        ckpt[k] = None
+    return write_checkpoint(path, ckpt)
 
 
 def load_checkpoint(path, map_location='cpu'):

@@ -22,9 +22,10 @@ from utils.distill import (ADAPTERS, WEIGHTS, Distiller, check_head_layout, feat
                            pair_features, stage_outputs)
 from utils.layer_graph import LayerGraph
 from utils.loss import YOLOLoss
-from utils.parse_config import parse_cfg, rewrite_head
+from utils.parse_config import load_hyp, parse_cfg, rewrite_head
 from utils.prune import compact_model
-from utils.trainer import RESULT_FIELDS, Trainer, load_hyp, resume_options
+from utils.results import RESULT_FIELDS
+from utils.trainer import Trainer, resume_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = 'cfg/yolov3-tiny-shapes.cfg'

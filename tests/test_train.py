@@ -130,7 +130,7 @@ def test_hyp_keys_documented_and_misspellings_warned(tmp_path):
     recipes load silently; a misspelt key is named in a warning instead of leaving its default in force."""
     import re
     import warnings
-    from utils.trainer import load_hyp
+    from utils.parse_config import load_hyp
     sources = [ROOT / 'train.py', ROOT / 'models.py', *(ROOT / 'utils').glob('*.py')]
     read = {m for f in sources for m in re.findall(r"hyp(?:\.get\(|\[)'(\w+)'", f.read_text())}
     documented = set(yaml.safe_load((ROOT / 'data' / 'hyp.yaml').read_text()))

@@ -11,7 +11,8 @@ import models
 import train
 from test_train import hyp_file, tiny_data  # noqa: F401  (tiny_data is a fixture)
 from utils.parse_config import parse_cfg, rewrite_head
-from utils.trainer import RESULT_FIELDS, Trainer, resume_options
+from utils.results import RESULT_FIELDS
+from utils.trainer import Trainer, resume_options
 
 TINY = 'cfg/yolov3-tiny-shapes.cfg'
 
@@ -157,7 +158,7 @@ def test_epoch_hook_and_extras_may_not_take_the_trainers_names(tmp_path, tiny_da
     with pytest.raises(ValueError, match=r"columns \['mAP@0.5'\] are the trainer's own"):
         trainer._extra_columns(lambda t, e: {'mAP@0.5': 1.0, 'mine': 2.0}, 0)
     assert trainer._extra_columns(lambda t, e: {'mine': 2}, 0) == {'mine': 2.0}
-    assert trainer.result_fields == RESULT_FIELDS + ['mine']
+    assert trainer.results.fields == RESULT_FIELDS + ['mine']
 
 
 # ----------------------------------------------------------------------------- which model, which weights

@@ -74,7 +74,8 @@ def evolve(opt, configure=None, start_ckpt=None):
     """``opt.evolve`` generations; ``configure(trainer)`` registers feature hooks on each run's Trainer;
     ``start_ckpt``: the --weights checkpoint's entries when the caller has read them (see Trainer)."""
     from utils.metrics import fitness
-    from utils.trainer import Trainer, hyp_path, load_hyp
+    from utils.parse_config import hyp_path, load_hyp
+    from utils.trainer import Trainer
     opt.hyp = hyp_path(opt)
     base = load_hyp(opt.hyp)
     # train.py's default project is runs/train; a search has its own home unless --project says otherwise

@@ -1,4 +1,5 @@
-"""Darknet cfg <-> list of section dicts, and the `.data` dataset descriptor.
+"""Darknet cfg <-> list of section dicts, the `.data` dataset descriptor and the training
+hyperparameter YAML.
 
 The parsed cfg (a list of dicts, ``[net]`` first) is the one representation of a
 model's structure in this project: the builder, the pruning engine, the exporters
@@ -18,11 +19,14 @@ comments (whole-line or trailing), blank lines. Values are never evaluated.
 import math
 import os
 import re
+import warnings
 from pathlib import Path
+
+import yaml
 
 __all__ = ['CfgError', 'parse_cfg', 'parse_cfg_text', 'write_cfg', 'cfg_to_text', 'validate_cfg',
            'section_out_channels', 'layer_output_channels', 'layer_output_shapes', 'rewrite_head', 'read_names', 'parse_data_cfg',
-           'ACTIVATIONS']
+           'hyp_path', 'load_hyp', 'ACTIVATIONS']
 
 
 class CfgError(ValueError):
@@ -500,3 +504,28 @@ def parse_data_cfg(path, required=()):
             if os.path.exists(alt):
                 options[key] = alt
     return options
+
+
+HYP_REFERENCE = Path(__file__).resolve().parents[1] / 'data' / 'hyp.yaml'  # documents every key the code reads
+
+
+def hyp_path(opt):
+    """--hyp, else the dataset's own recipe (a `hyp=` line in its .data file), else the v2020 defaults."""
+    return opt.hyp or parse_data_cfg(opt.data).get('hyp', 'data/hyp.yaml')
+
+
+def load_hyp(path):
+    """A hyperparameter YAML -> dict; the keys every run needs must be there, unknown ones are a warning."""
+    with open(path) as f:
+        hyp = yaml.safe_load(f)
+    if not isinstance(hyp, dict):
+        raise ValueError(f'{path}: expected a mapping of hyperparameters')
+    missing = [k for k in ('lr0', 'momentum', 'weight_decay', 'giou', 'obj', 'cls', 'iou_t') if k not in hyp]
+    if missing:
+        raise ValueError(f'{path}: missing hyperparameters {missing}')
+    if HYP_REFERENCE.is_file() and Path(path).resolve() != HYP_REFERENCE:
+        unknown = sorted(set(hyp) - set(yaml.safe_load(HYP_REFERENCE.read_text())))
+        if unknown:  # a misspelt key would otherwise silently leave its default in force
+            warnings.warn(f'{path}: unknown hyperparameters {unknown} are ignored (misspelt? {HYP_REFERENCE.name} '
+                          'lists every key the code reads)')
+    return hyp

@@ -19,7 +19,8 @@ Hooks must be registered before ``setup()`` / ``train()``.
     it (augmented, multi-scale resized). The values (detached; they should add up to the
     scalar) are logged like box/obj/cls: a progress-bar column each and their sum in its
     total, their epoch means (over ranks under DDP) as results.csv columns after
-    RESULT_FIELDS (first-seen order, kept across ``--resume``) and panels of results.png.
+    utils.results.RESULT_FIELDS (first-seen order, kept across ``--resume``) and panels of
+    results.png.
     Every step must return the same names.
 ``grad_hooks``: ``fn(trainer)``, called once per optimizer step, after the last micro-batch's
     backward, on the accumulated gradients, unscaled (AMP) and, under DDP, already averaged
@@ -49,7 +50,6 @@ hyp.yaml, results.csv/png, weights/last.pt, weights/best.pt, weights/best.weight
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,77 +60,20 @@ import yaml
 from tqdm import tqdm
 
 import models
-from utils.general import atomic_save, atomic_write_text, increment_path
+from utils.general import atomic_write_text, increment_path
 from utils.loss import YOLOLoss
 from utils.metrics import fitness
-from utils.parse_config import parse_data_cfg, read_names
+from utils.optim import build_optimizer, cosine_lr, set_lr
+from utils.parse_config import hyp_path, load_hyp, parse_data_cfg, read_names
+from utils.results import RESULT_FIELDS, ResultsLog
 from utils.torch_utils import (ModelEMA, init_seeds, rng_states, select_device, set_rng_states, unwrap,
                                world_info)
 
 # the model when neither --cfg nor a .pt --weights names one
 DEFAULT_CFG = str(Path(__file__).resolve().parents[1] / 'cfg' / 'yolov3-mini-shapes.cfg')
-RESULT_FIELDS = ['epoch', 'lr', 'box', 'obj', 'cls', 'P', 'R', 'mAP@0.5', 'mAP@0.5:0.95', 'val_box', 'val_obj',
-                 'val_cls']
-
 
 TRAINER_CKPT_KEYS = frozenset({'epoch', 'best_fitness', 'model', 'cfg', 'optimizer', 'results', 'result_fields',
                                'updates', 'names', 'rng', 'scaler', 'ema', 'ema_updates'})  # not for ckpt_extras
-
-HYP_REFERENCE = Path(__file__).resolve().parents[1] / 'data' / 'hyp.yaml'  # documents every key the code reads
-
-
-def hyp_path(opt):
-    """--hyp, else the dataset's own recipe (a `hyp=` line in its .data file), else the v2020 defaults."""
-    return opt.hyp or parse_data_cfg(opt.data).get('hyp', 'data/hyp.yaml')
-
-
-def load_hyp(path):
-    with open(path) as f:
-        hyp = yaml.safe_load(f)
-    if not isinstance(hyp, dict):
-        raise ValueError(f'{path}: expected a mapping of hyperparameters')
-    missing = [k for k in ('lr0', 'momentum', 'weight_decay', 'giou', 'obj', 'cls', 'iou_t') if k not in hyp]
-    if missing:
-        raise ValueError(f'{path}: missing hyperparameters {missing}')
-    if HYP_REFERENCE.is_file() and Path(path).resolve() != HYP_REFERENCE:
-        unknown = sorted(set(hyp) - set(yaml.safe_load(HYP_REFERENCE.read_text())))
-        if unknown:  # a misspelt key would otherwise silently leave its default in force
-            warnings.warn(f'{path}: unknown hyperparameters {unknown} are ignored (misspelt? {HYP_REFERENCE.name} '
-                          'lists every key the code reads)')
-    return hyp
-
-
-def param_groups(model):
-    """(no-decay BN and other weights, decayed conv/linear weights, biases) as upstream."""
-    decay, no_decay, biases = [], [], []
-    for name, p in unwrap(model).named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.endswith('.bias'):
-            biases.append(p)
-        elif name.endswith('Conv2d.weight') or (p.ndim > 1 and 'BatchNorm' not in name):
-            decay.append(p)
-        else:
-            no_decay.append(p)
-    return no_decay, decay, biases
-
-
-def build_optimizer(model, hyp):
-    """SGD (Nesterov) or Adam (hyp ``optimizer``) with three groups: BN weights (no decay), conv
-    weights (decay), biases (no decay)."""
-    no_decay, decay, biases = param_groups(model)
-    if hyp.get('optimizer', 'sgd') == 'adam':
-        opt = torch.optim.Adam(no_decay, lr=hyp['lr0'], betas=(hyp['momentum'], 0.999))
-    else:  # torch refuses Nesterov without momentum: momentum 0 is plain SGD
-        opt = torch.optim.SGD(no_decay, lr=hyp['lr0'], momentum=hyp['momentum'], nesterov=hyp['momentum'] > 0)
-    opt.add_param_group({'params': decay, 'weight_decay': hyp['weight_decay']})
-    opt.add_param_group({'params': biases})
-    return opt
-
-
-def cosine_lr(epoch, epochs, lrf):
-    """LR factor: cosine from 1 to lrf over the run."""
-    return lrf + (1 - lrf) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
 class Trainer:
@@ -227,39 +170,47 @@ class Trainer:
                     if opt.ema and self.main else None)
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.device.type == 'cuda')
         self.start_epoch, self.best_fitness, self.updates = 0, 0.0, 0
-        self.results, self.result_fields = [], list(RESULT_FIELDS)
+        self.results = ResultsLog()
         if ckpt is not None:
-            if ckpt.get('optimizer') is None:
-                raise ValueError(f'{self.ckpt_path}: has no optimizer state (a finished, stripped run); '
-                                 'start a new run with --weights instead of --resume')
-            self.optimizer.load_state_dict(ckpt['optimizer'])
-            if self.ema and ckpt.get('ema'):
-                self.ema.ema.load_state_dict(ckpt['ema'])
-                self.ema.updates = int(ckpt['ema_updates'])
-            if ckpt.get('scaler'):
-                self.scaler.load_state_dict(ckpt['scaler'])
-            self.start_epoch = int(ckpt['epoch']) + 1
-            self.best_fitness = float(ckpt['best_fitness'] or 0.0)
-            self.updates = int(ckpt.get('updates', 0))
-            self.result_fields = list(ckpt.get('result_fields') or RESULT_FIELDS)  # + epoch hooks' columns
-            self.results = [dict(zip(self.result_fields, map(float, r)))
-                            for r in ckpt.get('results', torch.zeros(0, len(self.result_fields))).tolist()]
-            if 'rng' in ckpt:
-                set_rng_states(ckpt['rng'])
-            if self.main:
-                print(f'Resuming {self.ckpt_path} from epoch {self.start_epoch}')
-        if self.world_size > 1:
-            if opt.sync_bn and self.device.type == 'cuda':
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            self.ddp = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
-        else:
-            self.ddp = model
+            self._restore(ckpt)
+        self.ddp = self._wrap_ddp(model)
         self.loss_fn = YOLOLoss(model, self.hyp)
         self.nominal_batch = opt.nbs or opt.batch_size  # gradients are accumulated to this batch before a step
         self.accumulate = max(round(self.nominal_batch / opt.batch_size), 1)
         self.ready = True
         return self
+
+    def _restore(self, ckpt):
+        """A resumed run's optimizer, EMA, GradScaler, counters, results and RNG states from its
+        last.pt entries ``ckpt`` (the model's weights are loaded by ``setup()``)."""
+        if ckpt.get('optimizer') is None:
+            raise ValueError(f'{self.ckpt_path}: has no optimizer state (a finished, stripped run); '
+                             'start a new run with --weights instead of --resume')
+        self.optimizer.load_state_dict(ckpt['optimizer'])
+        if self.ema and ckpt.get('ema'):
+            self.ema.ema.load_state_dict(ckpt['ema'])
+            self.ema.updates = int(ckpt['ema_updates'])
+        if ckpt.get('scaler'):
+            self.scaler.load_state_dict(ckpt['scaler'])
+        self.start_epoch = int(ckpt['epoch']) + 1
+        self.best_fitness = float(ckpt['best_fitness'] or 0.0)
+        self.updates = int(ckpt.get('updates', 0))
+        fields = ckpt.get('result_fields') or RESULT_FIELDS  # + the loss terms' and epoch hooks' columns
+        self.results = ResultsLog(fields, ckpt['results'].tolist() if 'results' in ckpt else ())
+        if 'rng' in ckpt:
+            set_rng_states(ckpt['rng'])
+        if self.main:
+            print(f'Resuming {self.ckpt_path} from epoch {self.start_epoch}')
+
+    def _wrap_ddp(self, model):
+        """``model`` in DistributedDataParallel (with SyncBatchNorm under --sync-bn on CUDA) when
+        several processes train, else itself."""
+        if self.world_size <= 1:
+            return model
+        if self.opt.sync_bn and self.device.type == 'cuda':
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
 
     def _build_model(self, ckpt):
         """The model to train, with its initial weights (module docstring: which cfg wins)."""
@@ -298,79 +249,99 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self):
+        """Run the epochs from ``start_epoch`` (up to --stop-after of them); returns the last
+        results row ({column: float}) or None."""
         self.setup()
-        opt, hyp = self.opt, self.hyp
+        opt = self.opt
         epochs = self.epochs = opt.epochs
-        nb = len(self.train_loader)
-        warmup = hyp.get('warmup_epochs', 3)
-        n_burn = max(round(warmup * nb), 100) if warmup > 0 else 0  # iterations; ni counts from epoch 0
-        lrf = hyp.get('lrf', 0.05)
         stop_epoch = epochs if opt.stop_after is None else min(epochs, self.start_epoch + opt.stop_after)
-        patience_left = opt.patience
+        self.patience_left = opt.patience
         t0 = time.time()
         for epoch in range(self.start_epoch, stop_epoch):
             self.epoch = epoch
-            if self.world_size > 1 and hasattr(self.train_loader.sampler, 'set_epoch'):
-                self.train_loader.sampler.set_epoch(epoch)
-            if hasattr(self.train_set, 'set_epoch'):
-                self.train_set.set_epoch(epoch)
-            if opt.close_mosaic and epoch >= epochs - opt.close_mosaic and hasattr(self.train_set, 'close_mosaic'):
-                self.train_set.close_mosaic()
-            self.ddp.train()
-            mean_items = None  # epoch means of box, obj, cls, the loss terms' columns, total
-            pbar = enumerate(self.train_loader)
-            if self.main:
-                pbar = tqdm(pbar, total=nb, bar_format='{l_bar}{bar:10}{r_bar}')
-            self.optimizer.zero_grad(set_to_none=True)
-            for i, (imgs, targets, paths, _) in pbar:
-                ni = i + nb * epoch  # integrated batch index
-                imgs = imgs.to(self.device, non_blocking=True).float().div_(255.0)
-                imgs = imgs.contiguous(memory_format=torch.channels_last)
-                self._adjust_lr(epoch, epochs, ni, n_burn, lrf)
-                if self.multi_scale:
-                    imgs = self._random_resize(imgs, ni)
-                loss, items = self._step(imgs, targets, ni)
-                mean_items = items if mean_items is None else (mean_items * i + items) / (i + 1)
-                if self.main:
-                    if i == 0:  # the loss terms' columns are known from the first step on
-                        columns = ('Epoch', 'mem', *self.loss_columns, 'total', 'targets', 'img_size')
-                        pbar.write(('\n' + '%10s' * len(columns)) % columns)
-                    mem = (f'{torch.cuda.memory_reserved() / 1e9:.3g}G' if self.device.type == 'cuda' else
-                           f'{_rss_gb():.3g}G')
-                    pbar.set_description(('%10s' * 2 + '%10.4g' * (len(mean_items) + 2)) % (
-                        f'{epoch}/{epochs - 1}', mem, *mean_items.tolist(), len(targets), imgs.shape[-1]))
-                if i == 0 and epoch == self.start_epoch and self.main and not opt.evolve:
-                    self._plot_batch(imgs, targets, paths)
-            lr = self.optimizer.param_groups[0]['lr']
-            if self.main:
-                final = epoch == epochs - 1
-                metrics = self._validate(final)
-                self._add_columns(self.loss_columns[3:], 'loss term')
-                losses = dict(zip(self.loss_columns, mean_items.tolist()))  # box, obj, cls, then loss terms'
-                row = {'epoch': epoch, 'lr': lr, **losses, 'P': metrics['precision'], 'R': metrics['recall'],
-                       'mAP@0.5': metrics['map50'], 'mAP@0.5:0.95': metrics['map50_95'],
-                       **dict(zip(('val_box', 'val_obj', 'val_cls'), metrics.get('val_losses', [0, 0, 0])))}
-                for hook in self.epoch_hooks:
-                    row.update(self._extra_columns(hook, epoch))
-                self.results.append(row)
-                self._write_results()
-                fit = fitness(metrics['map50'], metrics['map50_95'])
-                improved = fit > self.best_fitness
-                if improved:
-                    self.best_fitness, patience_left = fit, opt.patience
-                else:
-                    patience_left -= 1
-                if not opt.nosave or final:
-                    self._save(epoch, improved)
-                if opt.patience and patience_left <= 0:
-                    print(f'Early stop: no fitness improvement for {opt.patience} epochs')
-                    break
+            mean_items, lr = self._train_epoch(epoch)
+            if self.main and self._end_epoch(epoch, mean_items, lr):
+                break
             if self.world_size > 1:
                 dist.barrier()
         if self.main:
             print(f'{epoch - self.start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.')
             self._finish(completed=stop_epoch == epochs)
-        return self.results[-1] if self.results else None
+        return self.results.rows[-1] if self.results.rows else None
+
+    def _train_epoch(self, epoch):
+        """One pass over the training loader. Returns (the epoch means of the logged items [box,
+        obj, cls, the loss terms' values, total], the lr of the first param group at its end)."""
+        opt, epochs, nb = self.opt, self.epochs, len(self.train_loader)
+        warmup = self.hyp.get('warmup_epochs', 3)
+        n_burn = max(round(warmup * nb), 100) if warmup > 0 else 0  # iterations; ni counts from epoch 0
+        if self.world_size > 1 and hasattr(self.train_loader.sampler, 'set_epoch'):
+            self.train_loader.sampler.set_epoch(epoch)
+        if hasattr(self.train_set, 'set_epoch'):
+            self.train_set.set_epoch(epoch)
+        if opt.close_mosaic and epoch >= epochs - opt.close_mosaic and hasattr(self.train_set, 'close_mosaic'):
+            self.train_set.close_mosaic()
+        self.ddp.train()
+        mean_items = None
+        pbar = enumerate(self.train_loader)
+        if self.main:
+            pbar = tqdm(pbar, total=nb, bar_format='{l_bar}{bar:10}{r_bar}')
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (imgs, targets, paths, _) in pbar:
+            ni = i + nb * epoch  # integrated batch index
+            imgs = imgs.to(self.device, non_blocking=True).float().div_(255.0)
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+            self._adjust_lr(epoch, epochs, ni, n_burn, self.hyp.get('lrf', 0.05))
+            if self.multi_scale:
+                imgs = self._random_resize(imgs, ni)
+            _, items = self._step(imgs, targets, ni)
+            mean_items = items if mean_items is None else (mean_items * i + items) / (i + 1)
+            if self.main:
+                self._show_progress(pbar, i, epoch, mean_items, targets, imgs)
+            if i == 0 and epoch == self.start_epoch and self.main and not opt.evolve:
+                self._plot_batch(imgs, targets, paths)
+        return mean_items, self.optimizer.param_groups[0]['lr']
+
+    def _show_progress(self, pbar, i, epoch, mean_items, targets, imgs):
+        if i == 0:  # the loss terms' columns are known from the first step on
+            columns = ('Epoch', 'mem', *self.loss_columns, 'total', 'targets', 'img_size')
+            pbar.write(('\n' + '%10s' * len(columns)) % columns)
+        mem = f'{torch.cuda.memory_reserved() / 1e9:.3g}G' if self.device.type == 'cuda' else f'{_rss_gb():.3g}G'
+        pbar.set_description(('%10s' * 2 + '%10.4g' * (len(mean_items) + 2)) % (
+            f'{epoch}/{self.epochs - 1}', mem, *mean_items.tolist(), len(targets), imgs.shape[-1]))
+
+    def _end_epoch(self, epoch, mean_items, lr):
+        """Main process: validate, log the results row (with the epoch hooks' columns), save the
+        checkpoints. Returns True when --patience stops the run."""
+        opt = self.opt
+        final = epoch == self.epochs - 1
+        metrics = self._validate(final)
+        self.results.add_columns(self.loss_columns[3:], 'loss term')
+        row = self._results_row(epoch, lr, mean_items, metrics)
+        for hook in self.epoch_hooks:
+            row.update(self._extra_columns(hook, epoch))
+        self.results.append(row)
+        self.results.write_csv(self.save_dir / 'results.csv')
+        fit = fitness(metrics['map50'], metrics['map50_95'])
+        improved = fit > self.best_fitness
+        if improved:
+            self.best_fitness, self.patience_left = fit, opt.patience
+        else:
+            self.patience_left -= 1
+        if not opt.nosave or final:
+            self._save(epoch, improved)
+        if opt.patience and self.patience_left <= 0:
+            print(f'Early stop: no fitness improvement for {opt.patience} epochs')
+            return True
+        return False
+
+    def _results_row(self, epoch, lr, mean_items, metrics):
+        """The epoch's results.csv row: lr, the mean loss items (box, obj, cls, then the loss
+        terms'), validation P, R, mAPs and losses."""
+        losses = dict(zip(self.loss_columns, mean_items.tolist()))
+        return {'epoch': epoch, 'lr': lr, **losses, 'P': metrics['precision'], 'R': metrics['recall'],
+                'mAP@0.5': metrics['map50'], 'mAP@0.5:0.95': metrics['map50_95'],
+                **dict(zip(('val_box', 'val_obj', 'val_cls'), metrics.get('val_losses', [0, 0, 0])))}
 
     def _step(self, imgs, targets, ni):
         """Forward, loss (+ extra terms), backward; every ``current_accumulate`` batches: grad
@@ -435,24 +406,15 @@ class Trainer:
         return torch.cat((items[:3], values, (items[3] + values.sum()).reshape(1)))
 
     def _adjust_lr(self, epoch, epochs, ni, n_burn, lrf):
-        hyp = self.hyp
-        factor = cosine_lr(epoch, epochs, lrf)
+        """The schedule at batch ``ni``: lr and momentum (utils.optim.set_lr); during burn-in
+        the batches per step and the IoU-aware objectness ratio ramp up as well."""
         self.current_accumulate = self.accumulate
-        if ni < n_burn:  # burn-in: lr ramps up (biases ramp down from warmup_bias_lr), momentum ramps up
+        self.loss_fn.gr = self.loss_fn.obj_iou
+        if ni < n_burn:
             x = [0, n_burn]
             self.current_accumulate = max(1, round(np.interp(ni, x, [1, self.accumulate])))
-            self.loss_fn.gr = float(np.interp(ni, x, [0.0, self.loss_fn.obj_iou]))  # IoU-aware objectness
-            for j, g in enumerate(self.optimizer.param_groups):
-                # SGD biases start high and ramp down; Adam's step is ~lr whatever the gradient, so
-                # a 0.1 bias lr would throw every BN beta around: its biases ramp up like the rest
-                start = hyp.get('warmup_bias_lr', 0.1) if j == 2 and not self.adam else 0.0
-                g['lr'] = float(np.interp(ni, x, [start, hyp['lr0'] * factor]))
-                if 'momentum' in g:
-                    g['momentum'] = float(np.interp(ni, x, [hyp.get('warmup_momentum', 0.8), hyp['momentum']]))
-        else:
-            self.loss_fn.gr = self.loss_fn.obj_iou
-            for g in self.optimizer.param_groups:
-                g['lr'] = hyp['lr0'] * factor
+            self.loss_fn.gr = float(np.interp(ni, x, [0.0, self.loss_fn.obj_iou]))
+        set_lr(self.optimizer, self.hyp, cosine_lr(epoch, epochs, lrf), ni, n_burn, self.adam)
 
     def _random_resize(self, imgs, ni):
         if ni % self.accumulate == 0 or not hasattr(self, 'train_size'):
@@ -475,34 +437,20 @@ class Trainer:
                         loss_fn=self.loss_fn, save_dir=self.save_dir, plots=final, verbose=final)
 
     def _extra_columns(self, hook, epoch):
-        """An epoch hook's {column: float}; new columns join result_fields in first-seen order."""
+        """An epoch hook's {column: float}; new columns join the results' in first-seen order."""
         extra = hook(self, epoch) or {}
         if not isinstance(extra, dict):
             raise TypeError(f'epoch hook {hook!r} returned {type(extra).__name__}, expected a dict or None')
-        self._add_columns(extra, f'epoch hook {hook!r}')
+        self.results.add_columns(extra, f'epoch hook {hook!r}')
         return {k: float(v) for k, v in extra.items()}
 
-    def _add_columns(self, names, source):
-        """Append the new ones of ``names`` to result_fields (first-seen order)."""
-        clash = [k for k in names if k in RESULT_FIELDS]
-        if clash:
-            raise ValueError(f'{source}: columns {clash} are the trainer\'s own')
-        for k in names:
-            if k not in self.result_fields:
-                self.result_fields.append(k)
-
-    def _results_table(self):
-        """[epochs, columns] of self.results in result_fields order; nan where a row has no value."""
-        return [[r.get(k, math.nan) for k in self.result_fields] for r in self.results]
-
-    def _write_results(self):
-        lines = [','.join(self.result_fields)] + [','.join(f'{v:.6g}' for v in row) for row in self._results_table()]
-        atomic_write_text(self.save_dir / 'results.csv', '\n'.join(lines) + '\n')
-
     def _checkpoint(self, epoch, with_optimizer=True):
-        results = torch.tensor(self._results_table(), dtype=torch.float64).reshape(-1, len(self.result_fields))
+        """The entries every saved checkpoint holds: the eval model, the run's counters and
+        results ([epochs, columns] float64) and ``ckpt_extras``; ``with_optimizer`` adds what
+        resuming needs (optimizer, RNG, GradScaler state, the raw weights beside an EMA)."""
+        results = torch.tensor(self.results.table(), dtype=torch.float64).reshape(-1, len(self.results.fields))
         ckpt = models.checkpoint_dict(self.eval_model(), self.optimizer if with_optimizer else None, epoch,
-                                      self.best_fitness, results=results, result_fields=list(self.result_fields),
+                                      self.best_fitness, results=results, result_fields=list(self.results.fields),
                                       updates=self.updates, names=list(self.names))
         if with_optimizer:
             ckpt.update(rng=rng_states(), scaler=self.scaler.state_dict())
@@ -520,22 +468,18 @@ class Trainer:
 
     def _save(self, epoch, improved):
         ckpt = self._checkpoint(epoch)
-        atomic_save(lambda tmp: torch.save(ckpt, tmp), self.wdir / 'last.pt')
+        models.write_checkpoint(self.wdir / 'last.pt', ckpt)
         if improved:
-            atomic_save(lambda tmp: torch.save(ckpt, tmp), self.wdir / 'best.pt')
+            models.write_checkpoint(self.wdir / 'best.pt', ckpt)
 
     def _finish(self, completed):
+        """A completed run's checkpoints made final (models.finalize_checkpoint), best.pt also
+        as Darknet best.weights, and results.png."""
         if not completed:
             return
-        for name in ('last.pt', 'best.pt'):  # strip optimizer state; EMA weights become the model
-            path = self.wdir / name
-            if path.is_file():
-                ckpt = models.load_checkpoint(path)
-                if 'ema' in ckpt:
-                    ckpt['model'] = ckpt.pop('ema')
-                for k in ('optimizer', 'rng', 'scaler', 'ema_updates'):
-                    ckpt[k] = None
-                atomic_save(lambda tmp: torch.save(ckpt, tmp), path)
+        for name in ('last.pt', 'best.pt'):
+            if (self.wdir / name).is_file():
+                models.finalize_checkpoint(self.wdir / name)
         best = self.wdir / 'best.pt'
         if best.is_file():
             model, _ = models.model_from_checkpoint(best)
