@@ -1,6 +1,6 @@
 """End-to-end compression showcase: baseline -> BN-sparsity training -> pruning -> fine-tuning
 with and without distillation -> 8-bit QAT -> exports -> test.py mAP of every exported file ->
-batch-1 latency of every runtime, interleaved -> one report.
+batch-1 latency of every runtime (each file in its own process, rounds interleaved) -> one report.
 
     python3 compress.py --quick                                    # built-in dataset, < 15 min on 2 cores
     python3 compress.py                                            # every pruning method, < 60 min
@@ -49,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument('--tolerance', type=float, default=0.01, help='mAP@0.5 a compressed model may lose (the '
                    'pick and the headline)')
     p.add_argument('--threads', type=int, default=2, help='threads of every runtime in the latency run')
-    p.add_argument('--latency-runs', type=int, default=60, help='interleaved batch-1 rounds of the latency run')
+    p.add_argument('--latency-runs', type=int, default=60, help='interleaved batch-1 rounds of the latency '
+                   'run (one process per file)')
     p.add_argument('--until', default=STAGES[-1], choices=STAGES, help='stop after this stage')
     return p.parse_args(argv)
 

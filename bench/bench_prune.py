@@ -12,7 +12,7 @@ sparsity run (``--prune 1``) serves every method: its penalised set contains tho
 ``--prune 0`` (normal, regular) and ``--prune 2`` (layer). Writes --out/results.md and
 results.json: parameters, GFLOPs, mAP@0.5 and mAP@0.5:0.95 right after pruning (with
 adaptive BN) and after fine-tuning, and batch-1 CPU latency measured by the pruning
-script (fused, interleaved with the original, median).
+scripts' timing (fused, a process per model, rounds interleaved with the original, median).
 """
 import argparse
 import json
@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from utils.general import user_errors  # noqa: E402
+from utils.general import atomic_write_text, user_errors  # noqa: E402
+from utils.latency import cpu_info, cpu_text  # noqa: E402
 from utils.pipeline import DEFAULT_PLANS, ROOT, last_row, plan_name, prune, train  # noqa: E402  (shared stages)
 
 
@@ -81,8 +82,9 @@ def main(argv=None):
 
 
 def time_all(sparse, rows, args):
-    """Every pruned model and the unpruned one timed together in one interleaved run (batch 1,
-    fused), so the speed-ups share the machine's conditions; replaces the per-script figures."""
+    """Every pruned model and the unpruned one timed together (batch 1, fused, a process each,
+    rounds interleaved), so the speed-ups share the machine's conditions; replaces the
+    per-script figures."""
     import torch
     import models
     from utils.prune_run import measure_latency
@@ -120,13 +122,15 @@ def write(out, args, original, sr_row, ref_row, rows, seconds):
                      f'{r["flop_ratio"]:.2f}x | {r["map50_pruned"]:.3f} | {r["map50_adapted"]:.3f} | '
                      f'{r["map50_ft"]:.3f} | {r["map50_95_ft"]:.3f} | {r["latency_ms"]:.2f} | {r["speedup"]:.2f}x | '
                      f'{r["speedup"] / r["flop_ratio"]:.0%} |')
-    timing = (f'all models timed together, {args.latency_reps} interleaved runs each (unpruned: '
-              f'{args.original_ms:.2f} ms)' if hasattr(args, 'original_ms') else 'by each pruning script')
+    timing = (f'all models timed together, each in its own process, {args.latency_reps} interleaved rounds '
+              f'(unpruned: {args.original_ms:.2f} ms)' if hasattr(args, 'original_ms') else 'by each pruning script')
+    cpu = cpu_info()
     lines += ['', f'Total time {seconds / 60:.1f} min. CPU latency: batch 1, BN fused, channels_last, median, '
-              f'{timing}; {torch_threads()} threads.']
-    (out / 'results.md').write_text('\n'.join(lines) + '\n')
-    (out / 'results.json').write_text(json.dumps({'args': vars(args), 'sparse': sr_row, 'reference': ref_row,
-                                                  'original': original, 'rows': rows}, indent=2, default=str))
+              f'{timing}; {torch_threads()} threads; CPU: {cpu_text(cpu)}.']
+    atomic_write_text(out / 'results.md', '\n'.join(lines) + '\n')
+    atomic_write_text(out / 'results.json', json.dumps({'args': vars(args), 'cpu': cpu, 'sparse': sr_row,
+                                                        'reference': ref_row, 'original': original, 'rows': rows},
+                                                       indent=2, default=str))
 
 
 if __name__ == '__main__':

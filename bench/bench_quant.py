@@ -10,7 +10,7 @@ stage whose output exists is skipped. Fine-tuning uses the dataset's recipe at 0
 burn-in (upstream also dropped the learning rate tenfold for QAT). Then deployment: the float
 model as FP32 ONNX and as ONNX Runtime static INT8, and the 8-bit QAT models as QDQ ONNX with
 their own scales, each evaluated by test.py (against test.py --square on its .pt: the export's
-square batches) and timed in ONNX Runtime and OpenVINO, batch 1, interleaved in one process.
+square batches) and timed in ONNX Runtime and OpenVINO, batch 1, each file in its own process (rounds interleaved).
 Writes --out/results.md and .json.
 """
 import argparse
@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from utils.general import atomic_write_text  # noqa: E402
+from utils.latency import cpu_info, cpu_text  # noqa: E402
 from utils.pipeline import ROOT, evaluate, export, qat_hyp, train  # noqa: E402  (one way to run and resume stages)
 
 RECIPES = {  # name: (label, train.py / test.py quantization flags)
@@ -89,10 +91,10 @@ DEPLOY = {  # name: (label, the .pt it comes from, export.py flags)
 def deploy(out, args):
     """Export, evaluate and time the float, INT8 and QAT models (see the module docstring)."""
     import statistics
-    import numpy as np
-    from utils.latency import openvino_runner, ort_runner, time_interleaved
+
+    from utils.latency import openvino_job, ort_job, time_per_process
     sources = {'base': Path(args.base), **{n: out / n / 'weights' / 'best.pt' for n in RECIPES}}
-    rows, runners = [], {}
+    rows, jobs = [], {}
     for name, (label, source, flags) in DEPLOY.items():
         if not sources[source].is_file():
             continue
@@ -102,10 +104,9 @@ def deploy(out, args):
         m_pt = evaluate(out, f'test_{name}_pt', sources[source], args, ['--square'])
         rows.append({'name': name, 'label': label, 'map50_pt': m_pt['map50'], 'map50_onnx': m_onnx['map50'],
                      'map50_95_onnx': m_onnx['map50_95'], 'mb': onnx.stat().st_size / 2 ** 20})
-        runners[f'{name} ORT'] = ort_runner(onnx, 2)
-        runners[f'{name} OpenVINO'] = openvino_runner(next(ov.glob('*.xml')), 1, args.img_size, 2)
-    x = np.random.default_rng(0).random((1, 3, args.img_size, args.img_size), dtype=np.float32)
-    times = time_interleaved(runners, x, args.latency_runs)
+        jobs[f'{name} ORT'] = ort_job(onnx, 2, 1, args.img_size)
+        jobs[f'{name} OpenVINO'] = openvino_job(next(ov.glob('*.xml')), 2, 1, args.img_size)
+    times = time_per_process(jobs, args.latency_runs)
     for r in rows:
         for rt in ('ORT', 'OpenVINO'):
             r[f'{rt}_ms'] = 1e3 * statistics.median(times[f'{r["name"]} {rt}'])
@@ -113,6 +114,7 @@ def deploy(out, args):
 
 
 def write(out, args, groups, deployed=()):
+    cpu = cpu_info()  # INT8 speed depends on the instruction sets (VNNI, AMX)
     lines = [f'# Quantization benchmark: {args.data} at {args.img_size} px',
              '', f'Fine-tuning: {args.epochs} epochs from the float model, the dataset\'s recipe at {args.lr_factor} x '
              f'lr0 without burn-in; PTQ: {args.calib} calibration images. mAP from train.py\'s final validation '
@@ -128,7 +130,8 @@ def write(out, args, groups, deployed=()):
         lines.append('')
     if deployed:
         ref = {rt: deployed[0][f'{rt}_ms'] for rt in ('ORT', 'OpenVINO')}
-        lines += ['## Deployment (ONNX Runtime and OpenVINO, batch 1, 2 threads, interleaved, median ms)', '',
+        lines += ['## Deployment (ONNX Runtime and OpenVINO, batch 1, 2 threads, each file in its own process, '
+                  'interleaved rounds, median ms)', '', f'CPU: {cpu_text(cpu)}.', '',
                   '| model | mAP@0.5 .pt (square) | mAP@0.5 ONNX | mAP@0.5:0.95 ONNX | MB | ORT ms | vs FP32 | '
                   'OpenVINO ms | vs FP32 |', '|---|---|---|---|---|---|---|---|---|']
         for r in deployed:
@@ -136,9 +139,9 @@ def write(out, args, groups, deployed=()):
                          f'{r["mb"]:.1f} | {r["ORT_ms"]:.2f} | {r["ORT_ms"] / ref["ORT"]:.2f}x | '
                          f'{r["OpenVINO_ms"]:.2f} | {r["OpenVINO_ms"] / ref["OpenVINO"]:.2f}x |')
         lines.append('')
-    (out / 'results.md').write_text('\n'.join(lines))
-    (out / 'results.json').write_text(json.dumps({'args': vars(args), 'groups': groups, 'deploy': list(deployed)},
-                                                 indent=1))
+    atomic_write_text(out / 'results.md', '\n'.join(lines))
+    atomic_write_text(out / 'results.json', json.dumps({'args': vars(args), 'groups': groups, 'deploy': list(deployed),
+                                                        'cpu': cpu}, indent=1))
 
 
 def main(argv=None):

@@ -1,29 +1,30 @@
-"""Runtime benchmark: one model, every CPU runtime, interleaved in one process.
+"""Runtime benchmark: one model, every CPU runtime, each in its own process.
 
-    python3 bench/run.py [--quick] [--threads 2] [--runs 15] [--extra pruned.pt ...] [--compile]
+    python3 bench/run.py [--quick] [--threads 1 2] [--batch 1 8] [--runs 15] [--extra pruned.pt ...] [--compile]
 
 Models: yolov3-tiny, yolov4-tiny, yolov3, yolov4 at 416 and the default model
 (cfg/yolov3-mini-shapes.cfg) at 256, with random weights (the same cfg + weights in every
-runtime), plus ``--extra`` checkpoints (pruned, quantization-aware, ...) at 256; batch 1 and 8.
-Runtimes: PyTorch eager, PyTorch fused (BN folded, channels_last; ``--compile`` adds
-torch.compile), ONNX Runtime FP32 and INT8 (static QDQ from utils.export, calibrated on 8
-built-in images), OpenVINO FP32 and on the INT8 QDQ graph, OpenCV DNN 4.x (Darknet files).
-Each round runs every runtime once in turn, so machine noise hits all alike; reported: median
-ms, spread (10th-90th percentile), achieved GFLOP/s and the ratio to OpenCV DNN. Writes
-bench/results.md and bench/results.json. ``--quick``: yolov3-tiny and the default model,
-batch 1, 5 rounds (under 3 minutes on 2 cores). Run it on a quiet machine: other processes
-change the absolute numbers (the ratios less).
+runtime), plus ``--extra`` checkpoints (pruned, quantization-aware, ...) at 256; batch 1 and 8,
+1 and 2 threads. Runtimes: PyTorch eager, PyTorch fused (BN folded, channels_last;
+``--compile`` adds torch.compile), ONNX Runtime FP32 and INT8 (static QDQ from utils.export,
+calibrated on 8 built-in images), OpenVINO FP32 and on the INT8 QDQ graph, OpenCV DNN 4.x
+(Darknet files). Every (runtime, threads) of a model and batch runs in its own worker process
+(utils.latency.time_per_process): warm-up, then rounds in which the workers take turns one at
+a time, so no runtime's idle thread pool spins while another is timed and machine noise hits
+all alike. Reported: median ms, spread (10th-90th percentile), achieved GFLOP/s, the ratio to
+OpenCV DNN and the 2-thread speed-up; the CPU (model, AVX2/AVX-512/VNNI/AMX) heads the report.
+Writes bench/results.md and bench/results.json. ``--quick``: yolov3-tiny and the default
+model, batch 1, 5 rounds. Run it on a quiet machine: other processes change the absolute
+numbers (the ratios less).
 """
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'bench'))
 import models  # noqa: E402
 from bench_inference import find_cfg, matmul_peak  # noqa: E402
-from utils.latency import (darknet_runner, openvino_runner, ort_runner, summarize, time_interleaved,  # noqa: E402
-                           torch_runner)
+from utils.latency import (cpu_info, cpu_text, darknet_job, openvino_job, ort_job, summarize,  # noqa: E402
+                           time_per_process, torch_job)
 
 RUNTIMES = ('OpenCV DNN', 'PyTorch eager', 'PyTorch fused', 'PyTorch compiled', 'ORT FP32', 'ORT INT8',
             'OpenVINO FP32', 'OpenVINO INT8')
@@ -44,19 +45,23 @@ CALIB_IMAGES = 8
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--quick', action='store_true', help='two models, batch 1, 5 rounds')
-    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='thread counts, each timed')
     ap.add_argument('--runs', type=int, default=15, help='timed rounds per model and batch')
-    ap.add_argument('--batches', type=int, nargs='+', default=[1, 8])
+    ap.add_argument('--batch', '--batches', dest='batches', type=int, nargs='+', default=[1, 8])
+    ap.add_argument('--models', nargs='+', default=None, metavar='NAME:SIZE',
+                    help='cfg names (cfg/ or tests/data/darknet-cfg/) and sizes instead of the built-in list')
     ap.add_argument('--extra', nargs='*', default=[], help='checkpoints (.pt) to add, at 256 px')
     ap.add_argument('--compile', action='store_true', help='add torch.compile (tens of seconds per model/shape)')
     ap.add_argument('--out', default=str(ROOT / 'bench' / 'results'), help='results path without suffix')
     opt = ap.parse_args(argv)
     if opt.quick:
         opt.runs, opt.batches = min(opt.runs, 5), [1]
+    opt.models = [(m.rpartition(':')[0], int(m.rpartition(':')[2])) for m in opt.models] if opt.models else (
+        QUICK if opt.quick else FULL)
     return opt
 
 
-# ----------------------------------------------------------------------------- runners
+# ----------------------------------------------------------------------------- model files
 
 def calibration_images(size):
     """CALIB_IMAGES built-in training images letterboxed to ``size``, float [n,3,s,s] in [0,1]."""
@@ -66,81 +71,121 @@ def calibration_images(size):
     return dataset_images(parse_data_cfg(default_data())['train'], size, CALIB_IMAGES)
 
 
-def opencv_runner(model, tmp, threads):
-    """OpenCV DNN on the model's Darknet files; fn(x numpy [B,3,H,W]) -> outputs."""
-    models.save_weights(model, tmp / 'm.weights')
-    (tmp / 'm.cfg').write_text(model.cfg_text())
-    return darknet_runner(tmp / 'm.cfg', tmp / 'm.weights', threads)
-
-
-def onnx_files(model, size, tmp):
-    """(FP32 ONNX, INT8 QDQ ONNX) of the fused model with a dynamic batch."""
+def model_files(model, size, tmp, pt=None):
+    """The files the workers load: Darknet cfg + weights, a .pt (``pt`` when given), FP32 ONNX
+    and INT8 QDQ ONNX of the fused model with a dynamic batch; {kind: path}."""
     import copy
 
     from utils.export import onnx_bytes, quantize_int8
+    files = {'cfg': tmp / 'm.cfg', 'weights': tmp / 'm.weights', 'pt': Path(pt) if pt else tmp / 'm.pt',
+             'fp32': tmp / 'fp32.onnx', 'int8': tmp / 'int8.onnx'}
+    models.save_weights(model, files['weights'])
+    files['cfg'].write_text(model.cfg_text())
+    if not pt:
+        models.save_checkpoint(files['pt'], model)
     fused = copy.deepcopy(model).fuse()
     for p in fused.parameters():
         p.requires_grad_(True)  # MaxPool as MaxPool (see utils.export.onnx_bytes)
-    fp32, int8 = tmp / 'fp32.onnx', tmp / 'int8.onnx'
-    fp32.write_bytes(onnx_bytes(fused, torch.zeros(1, 3, size, size), dynamic=True))
-    quantize_int8(fp32, int8, calibration_images(size))
-    return fp32, int8
+    files['fp32'].write_bytes(onnx_bytes(fused, torch.zeros(1, 3, size, size), dynamic=True))
+    quantize_int8(files['fp32'], files['int8'], calibration_images(size))
+    return files
 
 
-def bench_model(label, model, size, opt):
-    """Rows {batch: {runtime: summary}} for one model."""
+def jobs_for(files, size, batch, threads, compile=False):
+    """{runtime: Job} of one model at one batch and thread count."""
+    jobs = {'OpenCV DNN': darknet_job(files['cfg'], files['weights'], threads, batch, size),
+            'PyTorch eager': torch_job(files['pt'], threads, batch, size, fused=False),
+            'PyTorch fused': torch_job(files['pt'], threads, batch, size)}
+    if compile:
+        jobs['PyTorch compiled'] = torch_job(files['pt'], threads, batch, size, compile=True)
+    jobs.update({'ORT FP32': ort_job(files['fp32'], threads, batch, size),
+                 'ORT INT8': ort_job(files['int8'], threads, batch, size),
+                 'OpenVINO FP32': openvino_job(files['fp32'], threads, batch, size),
+                 'OpenVINO INT8': openvino_job(files['int8'], threads, batch, size)})
+    return jobs
+
+
+def plural(n, word):
+    return f'{n} {word}{"s" * (n != 1)}'
+
+
+def entry(runtime, threads):
+    """A worker's name in the log lines: 'ORT FP32, 2 threads'."""
+    return f'{runtime}, {plural(threads, "thread")}'
+
+
+def bench_model(label, model, size, opt, pt=None):
+    """{'model', 'img_size', 'gflops', 'batches': {batch: {threads: {runtime: summary}}}} for one
+    model; every runtime and thread count of a batch is one interleaved per-process run."""
     flops = models.layer_flops(model, size)[1] / 1e9
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        fp32, int8 = onnx_files(model, size, tmp)
-        eager = model.eval()
-        fused = models.optimize_for_inference(model)
+        files = model_files(model, size, Path(tmp), pt)
         for batch in opt.batches:
-            print(f'{label} {size}px batch {batch}: {flops:.2f} GFLOPs per image')
-            runners = {'OpenCV DNN': opencv_runner(model, tmp, opt.threads), 'PyTorch eager': torch_runner(eager),
-                       'PyTorch fused': torch_runner(fused, channels_last=True)}
-            if opt.compile:
-                runners['PyTorch compiled'] = torch_runner(models.optimize_for_inference(model, compile=True), True)
-            runners.update({'ORT FP32': ort_runner(fp32, opt.threads), 'ORT INT8': ort_runner(int8, opt.threads),
-                            'OpenVINO FP32': openvino_runner(fp32, batch, size, opt.threads),
-                            'OpenVINO INT8': openvino_runner(int8, batch, size, opt.threads)})
-            x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-            times = time_interleaved(runners, x, opt.runs)
-            cv_ms = statistics.median(times['OpenCV DNN']) * 1e3 if 'OpenCV DNN' in times else None
-            rows[batch] = {name: summarize(t, flops, batch, cv_ms) for name, t in times.items()}
-            print('  ' + ', '.join(f'{n} {r["median_ms"]:.1f} ms' for n, r in rows[batch].items()))
+            print(f'{label} {size}px batch {batch}: {flops:.2f} GFLOPs per image, threads '
+                  f'{" and ".join(map(str, opt.threads))}', flush=True)
+            entries = {entry(rt, t): (t, rt, job) for t in opt.threads
+                       for rt, job in jobs_for(files, size, batch, t, opt.compile).items()}
+            times = time_per_process({name: job for name, (_, _, job) in entries.items()}, opt.runs)
+            rows[batch] = {}
+            for t in opt.threads:
+                got = {rt: times[name] for name, (tt, rt, _) in entries.items() if tt == t and name in times}
+                cv_ms = statistics.median(got['OpenCV DNN']) * 1e3 if 'OpenCV DNN' in got else None
+                rows[batch][t] = {rt: summarize(v, flops, batch, cv_ms) for rt, v in got.items()}
+                print(f'  {plural(t, "thread")}: ' + ', '.join(f'{n} {r["median_ms"]:.1f} ms'
+                                                            for n, r in rows[batch][t].items()), flush=True)
     return {'model': label, 'img_size': size, 'gflops': flops, 'batches': rows}
 
 
 # ----------------------------------------------------------------------------- report
 
+def cell(s):
+    """'median [p10-p90] (ratio to OpenCV DNN)' of a summary, 'n/a' without one."""
+    if not s:
+        return 'n/a'
+    ratio = f' ({s["ratio_to_opencv"]:.2f})' if s['ratio_to_opencv'] else ''
+    return f'{s["median_ms"]:.1f} [{s["p10_ms"]:.1f}-{s["p90_ms"]:.1f}]{ratio}'
+
+
 def markdown(results, meta):
+    """results.md: a latency table per batch and thread count, then per batch the achieved
+    GFLOP/s at the most threads and the speed-up of the most threads over the fewest."""
     lines = [f'# Runtime benchmark ({meta["date"]})', '',
-             f'{meta["machine"]}; {meta["threads"]} threads; torch {meta["torch"]}, onnxruntime {meta["onnxruntime"]}, '
-             f'OpenVINO {meta["openvino"]}, OpenCV {meta["opencv"]}; fp32 matmul peak {meta["matmul_gflops"]:.0f} '
-             f'GFLOP/s. Random weights, {meta["runs"]} interleaved rounds; median ms (10th-90th percentile), ratio to '
-             f'OpenCV DNN in brackets. INT8: static QDQ (convs only, head convs and decode float), calibrated on '
-             f'{CALIB_IMAGES} built-in images.', '']
-    runtimes = [r for r in RUNTIMES if any(r in m['batches'][b] for m in results for b in m['batches'])]
+             f'CPU: {cpu_text(meta["cpu"])}. torch {meta["torch"]}, onnxruntime {meta["onnxruntime"]}, OpenVINO '
+             f'{meta["openvino"]}, OpenCV {meta["opencv"]}; fp32 matmul peak {meta["matmul_gflops"]:.0f} GFLOP/s '
+             f'({plural(max(meta["threads"]), "thread")}). Random weights. Every runtime and thread count in its '
+             f'own process: warm-up, then {meta["runs"]} rounds in which the processes take turns one at a time; '
+             'median ms (10th-90th percentile), ratio to OpenCV DNN at the same batch and threads in brackets. '
+             f'INT8: static QDQ (convs only, head convs and decode float), calibrated on {CALIB_IMAGES} built-in '
+             'images.', '']
+    runtimes = [r for r in RUNTIMES if any(r in by_rt for m in results for by_t in m['batches'].values()
+                                           for by_rt in by_t.values())]
+    most, fewest = max(meta['threads']), min(meta['threads'])
     for batch in meta['batches']:
-        lines += [f'## Batch {batch}', '', '| model | GFLOPs | ' + ' | '.join(runtimes) + ' |',
-                  '|---|---|' + '---|' * len(runtimes)]
+        for t in meta['threads']:
+            lines += [f'## Batch {batch}, {plural(t, "thread")}', '', '| model | GFLOPs | ' + ' | '.join(runtimes) +
+                      ' |', '|---|---|' + '---|' * len(runtimes)]
+            for m in results:
+                row = m['batches'].get(batch, {}).get(t, {})
+                lines.append(f'| {m["model"]} {m["img_size"]} | {m["gflops"]:.2f} | ' +
+                             ' | '.join(cell(row.get(r)) for r in runtimes) + ' |')
+            lines.append('')
+        lines += [f'Achieved GFLOP/s, batch {batch}, {plural(most, "thread")}:', '',
+                  '| model | ' + ' | '.join(runtimes) + ' |', '|---|' + '---|' * len(runtimes)]
         for m in results:
-            row = m['batches'].get(batch, {})
-            cells = []
-            for r in runtimes:
-                s = row.get(r)
-                ratio = f' ({s["ratio_to_opencv"]:.2f})' if s and s['ratio_to_opencv'] else ''
-                cells.append(f'{s["median_ms"]:.1f} [{s["p10_ms"]:.1f}-{s["p90_ms"]:.1f}]{ratio}' if s else 'n/a')
-            lines.append(f'| {m["model"]} {m["img_size"]} | {m["gflops"]:.2f} | ' + ' | '.join(cells) + ' |')
-        lines += ['', f'Achieved GFLOP/s, batch {batch}:', '', '| model | ' + ' | '.join(runtimes) + ' |',
-                  '|---|' + '---|' * len(runtimes)]
-        for m in results:
-            row = m['batches'].get(batch, {})
+            row = m['batches'].get(batch, {}).get(most, {})
             lines.append(f'| {m["model"]} {m["img_size"]} | ' + ' | '.join(
                 f'{row[r]["gflops_per_s"]:.0f}' if r in row else 'n/a' for r in runtimes) + ' |')
         lines.append('')
+        if most != fewest:
+            lines += [f'Speed-up of {most} threads over {fewest}, batch {batch} (median over median):', '',
+                      '| model | ' + ' | '.join(runtimes) + ' |', '|---|' + '---|' * len(runtimes)]
+            for m in results:
+                lo, hi = (m['batches'].get(batch, {}).get(t, {}) for t in (fewest, most))
+                lines.append(f'| {m["model"]} {m["img_size"]} | ' + ' | '.join(
+                    f'{lo[r]["median_ms"] / hi[r]["median_ms"]:.2f}x' if r in lo and r in hi else 'n/a'
+                    for r in runtimes) + ' |')
+            lines.append('')
     return '\n'.join(lines)
 
 
@@ -151,22 +196,23 @@ def main(argv=None):
 
     from utils.general import atomic_write_text
     opt = parse_args(argv)
-    torch.set_num_threads(opt.threads)
     t0 = time.time()
     results = []
-    for name, size in (QUICK if opt.quick else FULL):
+    for name, size in opt.models:
         results.append(bench_model(name, models.Darknet(find_cfg(name), img_size=size).eval(), size, opt))
     for path in opt.extra:
         model, _ = models.load_model('', path, 256, 'cpu')
-        results.append(bench_model(Path(path).name, model, 256, opt))
-    meta = {'date': time.strftime('%Y-%m-%d %H:%M'), 'machine': f'{platform.processor() or platform.machine()}',
+        results.append(bench_model(Path(path).name, model, 256, opt, pt=path))
+    torch.set_num_threads(max(opt.threads))
+    meta = {'date': time.strftime('%Y-%m-%d %H:%M'), 'cpu': cpu_info(), 'mode': 'per-process',
             'threads': opt.threads, 'runs': opt.runs, 'batches': opt.batches, 'torch': torch.__version__,
             'onnxruntime': onnxruntime.__version__, 'openvino': openvino.__version__.split('-')[0],
-            'opencv': cv2.__version__, 'matmul_gflops': matmul_peak(opt.threads), 'quick': opt.quick,
+            'opencv': cv2.__version__, 'matmul_gflops': matmul_peak(max(opt.threads)), 'quick': opt.quick,
             'seconds': round(time.time() - t0, 1)}
     out = Path(opt.out)
     atomic_write_text(out.with_suffix('.json'), json.dumps({'meta': meta, 'results': results}, indent=1))
     atomic_write_text(out.with_suffix('.md'), markdown(results, meta) + '\n')
+    print(f'CPU: {cpu_text(meta["cpu"])}')
     print(f'wrote {out.with_suffix(".md")} and .json in {meta["seconds"]:.0f} s')
 
 

@@ -1,13 +1,13 @@
 """The end-to-end compression showcase behind compress.py: baseline -> BN-sparsity training ->
 pruning -> fine-tuning with and without distillation -> QAT -> exports -> mAP of every
-exported file -> one interleaved latency run -> report.md, report.json and an
+exported file -> one latency run (a process per file) -> report.md, report.json and an
 accuracy-versus-latency plot in --out.
 
 Every stage runs the project's real command lines through utils/pipeline.py (the stages
 bench/bench_prune.py and bench/bench_quant.py use), so a stage whose outputs exist is skipped
 and an interrupted showcase continues where it stopped; the report is rewritten after every
-stage from what the stage folders hold. The latency run happens in this process (runners of
-bench/run.py, every runtime in turn per round) and is stored in --out/latency.json.
+stage from what the stage folders hold. The latency run times every file in its own process
+(utils.latency.time_per_process, rounds interleaved) and is stored in --out/latency.json.
 """
 import csv
 import json
@@ -271,13 +271,14 @@ class Showcase:
 
     def benchmark(self):
         """Batch-1 latency of every deployed file in its runtime and of every fine-tuned plan in
-        PyTorch (fused), interleaved in one process; stored in latency.json (skipped when it has
-        every current key; delete it to time again)."""
+        PyTorch (fused), one process each; stored in latency.json (skipped when it has every
+        current key, timed per process; delete it to time again)."""
         path = self.out / 'latency.json'
         keys = [f'{r["key"]} {r["runtime"]}' for r in self.rec['deploy']]
         keys += [f'plan {r["name"]}' for r in self.rec['finetune'] if 'error' not in r]
         stored = json.loads(path.read_text()) if path.is_file() else {}
-        if not set(keys) <= set(stored.get('times', {})):
+        fresh = stored.get('meta', {}).get('mode') == 'per-process'  # in-process timings are not trusted
+        if not (fresh and set(keys) <= set(stored.get('times', {}))):
             stored = measure_latency(self, keys)
             atomic_write_text(path, json.dumps(stored, indent=1))
         self.rec['latency'] = stored
@@ -292,59 +293,45 @@ class Showcase:
 
 
 def measure_latency(show, keys):
-    """{'meta': ..., 'times': {key: summary}}: runners for ``keys`` (deploy rows and fine-tuned
-    plans) timed with utils.latency.time_interleaved on one random letterboxed-size input."""
-    import numpy as np
-    import torch
-
-    import models
-    from utils.latency import (darknet_runner, openvino_runner, ort_runner, summarize, time_interleaved,
-                               torch_runner)  # one set of runtime runners for every benchmark
+    """{'meta': ..., 'times': {key: summary}}: ``keys`` (deploy rows and fine-tuned plans), each
+    file in its runtime in its own process (utils.latency.time_per_process), batch 1."""
     from utils.backends import openvino_xml
+    from utils.latency import darknet_job, openvino_job, ort_job, summarize, time_per_process, torch_job
     a = show.args
-    threads = torch.get_num_threads()
-    torch.set_num_threads(a.threads)
-    try:
-        runners, gflops = {}, {}
-
-        def fused(pt):
-            return torch_runner(models.optimize_for_inference(models.model_from_checkpoint(pt, a.img_size)[0]),
-                                channels_last=True)
-        for r in show.rec['deploy']:
-            key = f'{r["key"]} {r["runtime"]}'
-            pt = show.sources()[r['model']][0]
-            gflops[key] = show.model_info(pt)['gflops']
-            if r['format'] == 'darknet':
-                runners[key] = darknet_runner(Path(r['file']).with_suffix('.cfg'), r['file'], a.threads)
-            elif r['format'] == 'pt':
-                runners[key] = fused(pt)
-            elif r['format'] == 'onnx':
-                runners[key] = ort_runner(r['file'], a.threads)
-            else:
-                runners[key] = openvino_runner(openvino_xml(r['file']), 1, a.img_size, a.threads)
-        for r in show.rec['finetune']:
-            if 'error' not in r:
-                runners[f'plan {r["name"]}'], gflops[f'plan {r["name"]}'] = fused(r['pt']), r['gflops']
-        runners = {k: runners[k] for k in keys}
-        print(f'Timing {len(runners)} model/runtime pairs, {a.latency_runs} interleaved rounds, batch 1, '
-              f'{a.threads} threads ...', flush=True)
-        x = np.random.default_rng(0).random((1, 3, a.img_size, a.img_size), dtype=np.float32)
-        times = time_interleaved(runners, x, a.latency_runs)
-        ref = next((k for k in times if k.endswith('OpenCV DNN') and k.startswith('baseline')), None)
-        ref_ms = 1e3 * statistics.median(times[ref]) if ref else None
-        return {'meta': meta(a), 'times': {k: summarize(t, gflops[k], 1, ref_ms) for k, t in times.items()}}
-    finally:
-        torch.set_num_threads(threads)
+    jobs, gflops = {}, {}
+    for r in show.rec['deploy']:
+        key = f'{r["key"]} {r["runtime"]}'
+        pt = show.sources()[r['model']][0]
+        gflops[key] = show.model_info(pt)['gflops']
+        if r['format'] == 'darknet':
+            jobs[key] = darknet_job(Path(r['file']).with_suffix('.cfg'), r['file'], a.threads, 1, a.img_size)
+        elif r['format'] == 'pt':
+            jobs[key] = torch_job(pt, a.threads, 1, a.img_size)
+        elif r['format'] == 'onnx':
+            jobs[key] = ort_job(r['file'], a.threads, 1, a.img_size)
+        else:
+            jobs[key] = openvino_job(openvino_xml(r['file']), a.threads, 1, a.img_size)
+    for r in show.rec['finetune']:
+        if 'error' not in r:
+            jobs[f'plan {r["name"]}'] = torch_job(r['pt'], a.threads, 1, a.img_size)
+            gflops[f'plan {r["name"]}'] = r['gflops']
+    jobs = {k: jobs[k] for k in keys}
+    print(f'Timing {len(jobs)} model/runtime pairs, one process each, {a.latency_runs} interleaved rounds, batch 1, '
+          f'{a.threads} threads ...', flush=True)
+    times = time_per_process(jobs, a.latency_runs)
+    ref = next((k for k in times if k.endswith('OpenCV DNN') and k.startswith('baseline')), None)
+    ref_ms = 1e3 * statistics.median(times[ref]) if ref else None
+    return {'meta': meta(a), 'times': {k: summarize(t, gflops[k], 1, ref_ms) for k, t in times.items()}}
 
 
 def meta(args):
-    import platform
-
     import cv2
     import onnxruntime
     import openvino
     import torch
-    return {'date': time.strftime('%Y-%m-%d %H:%M'), 'machine': platform.processor() or platform.machine(),
+
+    from utils.latency import cpu_info
+    return {'date': time.strftime('%Y-%m-%d %H:%M'), 'cpu': cpu_info(), 'mode': 'per-process',
             'threads': args.threads, 'runs': args.latency_runs, 'torch': torch.__version__,
             'onnxruntime': onnxruntime.__version__, 'openvino': openvino.__version__.split('-')[0],
             'opencv': cv2.__version__}
@@ -485,13 +472,21 @@ def markdown(rec, args):
     return '\n'.join(lines) + '\n'
 
 
+def latency_cpu(meta):
+    """'CPU: <model>, n cores (instruction sets)' of a latency run's meta ('CPU not recorded'
+    for a run stored before the CPU was)."""
+    from utils.latency import cpu_text
+    return f'CPU: {cpu_text(meta["cpu"])}' if meta.get('cpu') else 'CPU not recorded'
+
+
 def deployment_lines(rec):
     ref = next((latency(rec, r) for r in rec['deploy'] if r['model'] == 'baseline' and r['runtime'] == 'OpenCV DNN'),
                None)
     meta = (rec.get('latency') or {}).get('meta')
-    timing = (f'batch 1, {meta["threads"]} threads, {meta["runs"]} interleaved rounds, median ms (10th-90th '
-              f'percentile); torch {meta["torch"]}, onnxruntime {meta["onnxruntime"]}, OpenVINO {meta["openvino"]}, '
-              f'OpenCV {meta["opencv"]}, {meta["date"]}' if meta else 'latency pending')
+    timing = (f'{latency_cpu(meta)}; batch 1, {meta["threads"]} threads, each file in its own process, '
+              f'{meta["runs"]} interleaved rounds, median ms (10th-90th percentile); torch {meta["torch"]}, '
+              f'onnxruntime {meta["onnxruntime"]}, OpenVINO {meta["openvino"]}, OpenCV {meta["opencv"]}, '
+              f'{meta["date"]}' if meta else 'latency pending')
     lines = ['## 6. Deployment: every exported file, its test.py mAP and its runtime', '', timing + '.', '',
              '| model | precision | file | runtime | MB | mAP@0.5 | mAP@0.5:0.95 | ms | speed-up vs float in OpenCV '
              'DNN |',

@@ -11,7 +11,6 @@ import copy
 import json
 import math
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -298,28 +297,24 @@ def adapt_bn(model, loader, n_images):
 
 
 def measure_latency(model_list, img_size, reps, device):
-    """Median ms of a batch-1 forward of each model (fused, channels_last, inference mode),
-    interleaved so that machine noise hits every model alike."""
-    fast = [models.optimize_for_inference(m) for m in model_list]
-    x = torch.rand(1, model_list[0].in_channels, img_size, img_size, device=device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    times = [[] for _ in fast]
+    """Median ms of a batch-1 forward of each model (fused, channels_last, inference mode, the
+    current torch thread count), each model in its own process, rounds interleaved
+    (utils.latency.time_per_process)."""
+    import tempfile
 
-    def sync():
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-    with torch.inference_mode():
-        for m in fast:  # warm-up
-            for _ in range(3):
-                m(x)
-        for _ in range(reps):
-            for k, m in enumerate(fast):
-                sync()
-                t0 = time.perf_counter()
-                m(x)
-                sync()
-                times[k].append(1e3 * (time.perf_counter() - t0))
-    return [statistics.median(t) for t in times]
+    from utils.latency import torch_job, time_per_process
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = {}
+        for k, m in enumerate(model_list):  # a worker loads its model from a file
+            pt = Path(tmp) / f'model{k}.pt'
+            models.save_checkpoint(pt, m)
+            jobs[f'model {k}'] = torch_job(pt, threads, 1, img_size, device=device, channels=m.in_channels)
+        times = time_per_process(jobs, reps, warmup=3)
+    missing = [name for name in jobs if name not in times]
+    if missing:
+        raise RuntimeError(f'latency: {", ".join(missing)} could not be timed (see the lines above)')
+    return [1e3 * statistics.median(times[name]) for name in jobs]
 
 
 def main(script_doc, method, plan, argv=None, **parser_args):
