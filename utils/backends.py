@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.general import cpu_flags, int8_kernels_saturate
+
 META_KEY = 'yolo_export'  # ONNX metadata_props key / OpenVINO rt_info key of the export's metadata
 
 
@@ -65,7 +67,8 @@ class ExportedModel(nn.Module):
     ``img_size`` (h, w), ``names`` (list or None), ``fused`` (True: BN is folded in the graph).
     ``input_hw`` (h, w) and ``batch_size`` (int, or None when dynamic) describe the graph's
     input; ``precision`` is 'fp32', 'int8' (post-training QDQ) or 'qat' (the model's own
-    quantizers as QDQ)."""
+    quantizers as QDQ). An export marked ``int8_needs_vnni`` (utils.export.check_int8_overflow)
+    is refused on x86 CPUs without VNNI, where its int8 convolutions would saturate."""
 
     def __init__(self):
         super().__init__()
@@ -86,6 +89,11 @@ class ExportedModel(nn.Module):
         self.stride = torch.tensor(meta.get('stride', [32.0]))
         self.precision = meta.get('precision', 'fp32')
         self.fused = True
+        if meta.get('int8_needs_vnni') and int8_kernels_saturate():
+            raise ValueError(f'{path}: its int8 weights use the full 8-bit range, which this CPU ({cpu_flags()[0]}, '
+                             f'no VNNI) adds up in saturating 16-bit sums: the detections would be wrong. Re-export '
+                             f'from a checkpoint fine-tuned with the default overflow-safe weights, or run it on a '
+                             f'CPU with AVX-512 VNNI / AVX-VNNI')
 
     def fuse(self):
         """The graph is already fused (BN folded at export): nothing to do."""

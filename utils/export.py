@@ -11,13 +11,20 @@ input size, precision) travels in the ONNX ``metadata_props`` / OpenVINO ``rt_in
 
 Quantized graphs:
   * post-training INT8 (``--int8``): ``onnxruntime.quantization.quantize_static``, QDQ format,
-    signed 8-bit activations and per-channel weights, calibrated on training images. Only
+    signed 8-bit activations and per-channel weights in [-64, 64] (``reduce_range``: see
+    ``int8_overflow_risks``), calibrated on training images. Only
     Conv nodes are quantized and the head convs (those whose output reaches the decode
     without passing another conv) stay float, so the decode (sigmoid, exp, grid arithmetic,
     concat) and the raw head outputs it amplifies run in float.
   * quantization-aware models (convs calling ``torch.fake_quantize_per_*_affine``): exported
     as they are, every fake-quant op becoming a QuantizeLinear/DequantizeLinear pair with the
     model's own scales and zero points (see ``fake_quant_symbolics``).
+  Every quantized graph is checked for int8 overflow (``int8_overflow_risks``): x86 CPUs without
+  VNNI add u8 x s8 product pairs in int16 and saturate unless 2 x max byte x max |weight code|
+  <= 32767. A graph that passes is correct on every x86 CPU; one that does not (a checkpoint
+  trained with ``--full-range``, or from before overflow-safe weights) is marked
+  ``int8_needs_vnni`` in its metadata, refused on this CPU if it lacks VNNI, and refused by
+  utils.backends on such CPUs.
 
 Tolerances of the check (``verify_*``): FP32 graphs max |runtime - torch| / (1 + |torch|)
 <= FP32_TOL over all outputs (boxes in pixels, scores); Darknet files in OpenCV DNN: the same
@@ -40,7 +47,7 @@ import torch
 import torch.nn as nn
 
 from utils.backends import META_KEY, OnnxRuntimeModel, OpenVinoModel, is_exported
-from utils.general import atomic_write_bytes, atomic_write_text, new_temp_dir
+from utils.general import atomic_write_bytes, atomic_write_text, cpu_flags, int8_kernels_saturate, new_temp_dir
 
 FORMATS = ('onnx', 'openvino', 'darknet', 'qparams')
 MIN_OPSET, MAX_OPSET = 13, 20  # 13: per-channel QDQ; 20: the TorchScript exporter's last opset
@@ -49,6 +56,7 @@ OPENCV_BN_EPS = 1e-6  # OpenCV DNN's BatchNorm epsilon (Darknet and our models: 
 INT8_CONF, INT8_MIN_F1 = 0.25, 0.8
 CHECK_IMAGES = 4  # validation images every export is checked on (at least --batch-size)
 INPUT_NAME, OUTPUT_NAME = 'images', 'pred'
+INT16_MAX = 32767
 
 
 # ----------------------------------------------------------------------------- fake-quant ops -> QDQ
@@ -169,6 +177,14 @@ def set_metadata(proto, meta):
     return proto
 
 
+def update_metadata_file(path, **entries):
+    """Add ``entries`` to the metadata of the ONNX file at ``path`` (rewritten atomically)."""
+    import onnx
+    proto = onnx.load(str(path))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}.get(META_KEY, '{}'))
+    atomic_write_bytes(path, set_metadata(proto, {**meta, **entries}).SerializeToString())
+
+
 def simplify(proto):
     """onnxslim's graph simplification (constant folding, dead nodes, shape ops)."""
     import onnxslim
@@ -218,12 +234,118 @@ def head_conv_nodes(proto):
     return [n.name for n in proto.graph.node if n.op_type == 'Conv' and reaches_output(n.output[0], set())]
 
 
+def _constants(proto):
+    """{tensor name: numpy array} of the graph's initializers and Constant nodes."""
+    from onnx import numpy_helper
+    values = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == 'Constant':
+            for attr in node.attribute:
+                if attr.name == 'value':
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def _integer_range(tensor, producers, values):
+    """(lo, hi, signed) of the integer codes feeding a DequantizeLinear: the range of the
+    quantized type, narrowed by a Clip with constant bounds (4-bit, symmetric ranges)."""
+    node = producers.get(tensor)
+    if node is not None and node.op_type == 'Clip':
+        lo, hi, signed = _integer_range(node.input[0], producers, values)
+        if len(node.input) > 1 and node.input[1] in values:
+            lo = max(lo, int(values[node.input[1]]))
+        if len(node.input) > 2 and node.input[2] in values:
+            hi = min(hi, int(values[node.input[2]]))
+        return lo, hi, signed
+    if node is not None and node.op_type == 'QuantizeLinear' and len(node.input) > 2 and node.input[2] in values:
+        signed = values[node.input[2]].dtype == np.int8
+    elif tensor in values:
+        signed = values[tensor].dtype == np.int8
+    else:
+        signed = True
+    return (-128, 127, True) if signed else (0, 255, False)
+
+
+def _weight_code_max(dq, producers, values):
+    """max |code - zero point| of a DequantizeLinear of constant weights (stored codes, or a
+    QuantizeLinear of float weights computed here as ONNX does), else the type's 127."""
+    zp = values.get(dq.input[2]) if len(dq.input) > 2 else None
+    codes, node = values.get(dq.input[0]), producers.get(dq.input[0])
+    clip = None
+    if node is not None and node.op_type == 'Clip':
+        clip = _integer_range(dq.input[0], producers, values)[:2]
+        node = producers.get(node.input[0])
+    if codes is None and node is not None and node.op_type == 'QuantizeLinear' and \
+            all(t in values for t in node.input[:3]):
+        w, scale, q_zp = (values[t] for t in node.input[:3])
+        axis = next((a.i for a in node.attribute if a.name == 'axis'), 1)
+        shape = [-1 if d == axis % w.ndim else 1 for d in range(w.ndim)] if scale.ndim else []
+        lo, hi = (-128, 127) if q_zp.dtype == np.int8 else (0, 255)
+        codes = np.clip(np.rint(w / scale.reshape(shape)) + q_zp.reshape(shape), lo, hi)
+    if codes is None:
+        return 127
+    if clip is not None:
+        codes = np.clip(codes, *clip)
+    zp = np.zeros(()) if zp is None else zp.astype(np.int64)
+    axis = next((a.i for a in dq.attribute if a.name == 'axis'), 1)
+    if zp.ndim:
+        zp = zp.reshape([-1 if d == axis % codes.ndim else 1 for d in range(codes.ndim)])
+    return int(np.abs(codes.astype(np.int64) - zp).max())
+
+
+def int8_overflow_risks(proto):
+    """[(Conv node name, worst pair sum)] of the convs an x86 CPU without VNNI would compute
+    wrongly in int8: the runtimes multiply activation bytes (unsigned; signed codes shifted by
+    128) by signed 8-bit weight codes with ``vpmaddubsw``, which adds adjacent products in
+    int16 and saturates above 32767, so a conv is safe when 2 x max byte x max |weight code|
+    <= 32767 (e.g. weights in [-64, 64] under 8-bit activations). Convs whose input or weight
+    is not dequantized from 8-bit integers run in float and are not listed."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    values = _constants(proto)
+    risks = []
+    for conv in proto.graph.node:
+        if conv.op_type != 'Conv':
+            continue
+        x_dq, w_dq = producers.get(conv.input[0]), producers.get(conv.input[1])
+        if x_dq is None or w_dq is None or x_dq.op_type != w_dq.op_type or x_dq.op_type != 'DequantizeLinear':
+            continue
+        lo, hi, signed = _integer_range(x_dq.input[0], producers, values)
+        max_byte = hi + 128 if signed else hi
+        worst = 2 * max_byte * _weight_code_max(w_dq, producers, values)
+        if worst > INT16_MAX:
+            risks.append((conv.name, worst))
+    return risks
+
+
+def check_int8_overflow(proto, label):
+    """None if no conv of ``proto`` can saturate on x86 without VNNI; otherwise print which do
+    and return True (the graph then needs a VNNI CPU). ValueError if this CPU is one that
+    saturates: the export would compute wrong detections here."""
+    risks = int8_overflow_risks(proto)
+    if not risks:
+        print(f'{label}: int8 overflow check passed: correct on x86 CPUs with and without VNNI')
+        return None
+    worst = max(r[1] for r in risks)
+    model, flags = cpu_flags()
+    msg = (f'{label}: {len(risks)} int8 convs use weight codes beyond what x86 CPUs without VNNI can add up '
+           f'(worst pair sum {worst} > {INT16_MAX}; e.g. {risks[0][0]}): the quantization-aware model was trained '
+           f'with full-range 8-bit weights (--full-range, or before overflow-safe weights became the default)')
+    if int8_kernels_saturate(flags):
+        raise ValueError(f'{msg}; this CPU ({model}) has no VNNI, so the export would give wrong detections here. '
+                         f'Fine-tune the checkpoint with the default overflow-safe weights (train.py --weights '
+                         f'<it> --epochs 1) and export that')
+    print(f'WARNING: {msg}. It is marked int8_needs_vnni: correct on CPUs with VNNI (like this one: {model}), '
+          f'refused by test.py/detect.py on CPUs without it')
+    return True
+
+
 def quantize_int8(fp32_path, out_path, images, batch_size=None):
     """Static post-training INT8 of the FP32 ONNX at ``fp32_path`` into ``out_path`` (atomic).
 
     images float32 [N,3,H,W] in [0,1] (calibration; batches of ``batch_size`` or 1 for a
-    dynamic graph). QDQ, S8S8, per-channel weights, MinMax ranges; Conv nodes only, head
-    convs excluded. Returns the list of excluded node names."""
+    dynamic graph). QDQ, S8S8, per-channel weights in [-64, 64] (``reduce_range``, ONNX
+    Runtime's advice for CPUs without VNNI: full-range weights saturate there), MinMax ranges;
+    Conv nodes only, head convs excluded. Returns the list of excluded node names."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
@@ -244,7 +366,8 @@ def quantize_int8(fp32_path, out_path, images, batch_size=None):
         proto = onnx.load(str(prepared))
         heads = head_conv_nodes(proto)
         quantize_static(str(prepared), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=['Conv'],
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, reduce_range=True,
+                        op_types_to_quantize=['Conv'],
                         nodes_to_exclude=heads, calibrate_method=CalibrationMethod.MinMax)
         proto = onnx.load(str(quantized))
         meta = {p.key: p.value for p in onnx.load(str(fp32_path), load_external_data=False).metadata_props}
@@ -560,6 +683,9 @@ def export_and_check_graph(opt, model, entries, data, out, images, device):
             print(f'INT8: calibrated on {len(calib)} training images; head convs kept float: {", ".join(heads)}')
             meta['precision'] = 'int8'
         quantized = meta['precision'] != 'fp32'
+        if quantized and check_int8_overflow(onnx.load(str(final_onnx)), final_onnx.name):
+            meta['int8_needs_vnni'] = True
+            update_metadata_file(final_onnx, int8_needs_vnni=True)
         if opt.format == 'onnx':
             print(f'wrote {final_onnx}')
             check_runtime(OnnxRuntimeModel(final_onnx), images, ref, opt.dynamic, quantized)

@@ -69,6 +69,34 @@ def increment_path(path, mkdir=True):
     return path
 
 
+def cpu_flags(cpuinfo='/proc/cpuinfo'):
+    """(model name, set of instruction-set flags) of this CPU from Linux's /proc/cpuinfo, or
+    (platform.processor(), empty set) where there is none."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        import platform
+        return platform.processor() or platform.machine(), frozenset()
+    model, flags = '', frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(':')
+        key = key.strip()
+        if key == 'model name' and not model:
+            model = value.strip()
+        elif key == 'flags' and not flags:
+            flags = frozenset(value.split())
+    return model, flags
+
+
+def int8_kernels_saturate(flags=None):
+    """True on an x86 CPU without VNNI (AVX2, AVX-512 without VNNI): there ONNX Runtime's and
+    OpenVINO's u8 x s8 convolutions add product pairs in int16 (vpmaddubsw), which saturate
+    for full-range 8-bit weights. False where VNNI (AVX-512 or AVX) is present, on other
+    architectures, and where the flags are unknown."""
+    flags = cpu_flags()[1] if flags is None else flags
+    return 'avx2' in flags and not flags & {'avx512_vnni', 'avx_vnni', 'amx_int8'}
+
+
 def check_file(path, what='file'):
     """Return ``path`` if it is a file, else raise FileNotFoundError with a clear message."""
     if not path or not os.path.isfile(path):

@@ -66,7 +66,7 @@ def layer_qparams(block):
         w_scale = np.full(weight.shape[0], float(m) / n)
         w_dtype = np.int16 if w_bits <= 8 else np.int32
     else:
-        w_scale_t, _, _, _ = weight_qparams(weight, w_bits, per_channel=not spec.fpga, pow2=spec.fpga)
+        w_scale_t = block.weight_qparams(weight)[0]
         w_scale_t = w_scale_t.expand(weight.shape[0]) if w_scale_t.ndim == 0 else w_scale_t
         w_int = _codes(block.quant_weight(weight), w_scale_t.view(-1, 1, 1, 1))
         w_scale = w_scale_t.detach().double().numpy()

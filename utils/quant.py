@@ -30,6 +30,14 @@ Observers move in training (and during ``calibrate``) and are frozen in eval (up
 them during testing); the image's quantizer has the fixed range [0, 1] (8 bits: the pixels
 themselves; FPGA: 2^-6 as upstream). 32 bits = identity.
 
+Overflow-safe weights (default; ``--full-range`` turns it off): x86 int8 kernels without VNNI
+(AVX2, AVX-512 without VNNI) multiply unsigned 8-bit activations by signed 8-bit weights with
+``vpmaddubsw``, which adds adjacent products in int16 and saturates; signed activations are
+shifted to unsigned first. ONNX Runtime and OpenVINO both do this. So the weight codes of a
+conv are limited to ``safe_weight_code_max`` of its activation range: 2 x 255 x 64 = 32640 <=
+32767 lets 8-bit weights use [-64, 64] under 8-bit activations (NNCF's "overflow fix"), while
+4-bit activations leave 8-bit weights their full range.
+
 Activations use ``torch.fake_quantize_per_tensor_affine`` and Google weights
 ``torch.fake_quantize_per_channel_affine``: straight-through gradients inside the clip range,
 zero outside, and the ONNX exporter turns them into QuantizeLinear/DequantizeLinear pairs.
@@ -44,6 +52,7 @@ import torch.nn.functional as F
 from models import ConvBlock
 
 BITS = (2, 4, 8, 16, 32)
+INT16_MAX = 32767  # vpmaddubsw's pair sums saturate here
 SCHEMES = {1: 'google', 2: 'dorefa'}
 EMA_MOMENTUM = 0.1  # activation observer: range <- 0.9 range + 0.1 batch range (first batch copied)
 DOREFA_ALPHA = 10.0  # clip of DoReFa activations (upstream's 0.1 pre-scale, undone)
@@ -58,6 +67,7 @@ class QuantSpec:
     fpga: bool = False
     bn_freeze: float = 0.9  # fraction of the optimizer steps after which BN folding uses running stats
     edge_bits: int = 8  # the first conv (the image) and the head convs use at least this many bits; 0 = uniform
+    full_range: bool = False  # weights use all 2^(b-1)-1 codes even where int8 kernels without VNNI saturate
 
     def __post_init__(self):
         if self.scheme not in SCHEMES.values():
@@ -86,13 +96,17 @@ class QuantSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f'{source}: unknown quantization settings {unknown} (saved by a newer version?)')
-        return cls(**{'edge_bits': 0, **d})  # checkpoints from before edge_bits quantized every conv alike
+        # checkpoints from before edge_bits quantized every conv alike, and from before
+        # full_range used the full weight range
+        return cls(**{'edge_bits': 0, 'full_range': True, **d})
 
     def describe(self):
         name = {'google': 'Google', 'dorefa': 'DoReFa'}[self.scheme]
         extras = ' + BN fold' * self.bn_fold + ' + FPGA (power-of-two scales)' * self.fpga
         if self.edge_bits > min(self.a_bits, self.w_bits):
             extras += f' (first and head convs at {self.edge_bits} bits)'
+        if self.full_range and self.scheme == 'google':
+            extras += ' (full-range weights: int8 kernels without VNNI may saturate)'
         return f'{name} a{self.a_bits}/w{self.w_bits}{extras}'
 
     def block_bits(self, edge):
@@ -114,22 +128,36 @@ def pow2_scale(amax, qmax):
     return torch.exp2(torch.ceil(torch.log2(amax.clamp_min(1e-12) / qmax)))
 
 
-def weight_qparams(w, bits, per_channel=True, pow2=False):
+def safe_weight_code_max(w_bits, act_qmin, act_qmax):
+    """The largest weight code |q| a conv may use so that an x86 int8 kernel without VNNI cannot
+    saturate: activations as unsigned bytes (signed ones shifted by 128, as the runtimes do)
+    times weights, summed in pairs in int16: 2 x max byte x |q| <= 32767. Weights or
+    activations wider than 8 bits never run in those kernels: the full range."""
+    full = 2 ** (w_bits - 1) - 1
+    if w_bits > 8 or act_qmin < -128 or act_qmax > 255:
+        return full
+    max_byte = act_qmax + 128 if act_qmin < 0 else act_qmax
+    return min(full, INT16_MAX // (2 * max_byte))
+
+
+def weight_qparams(w, bits, per_channel=True, pow2=False, code_max=None):
     """Symmetric signed quantization of a weight (or bias) tensor: (scale [C] or [], zero
     point int32 like scale, qmin, qmax). Range [-2^(b-1), 2^(b-1)-1]; max|w| maps to
-    2^(b-1)-1 (pow2: to at most that), so -2^(b-1) is never used (a symmetric grid)."""
+    ``code_max`` (default 2^(b-1)-1; pow2: to at most that), so the codes stay in
+    [-code_max, code_max] (a symmetric grid) while the clamp range is the integer type's."""
     qmax = 2 ** (bits - 1) - 1
+    code_max = qmax if code_max is None else code_max
     w = w.detach()
     amax = w.abs().flatten(1).amax(1) if per_channel and w.ndim > 1 else w.abs().amax()
-    scale = pow2_scale(amax, qmax) if pow2 else (amax / qmax).clamp_min(1e-12)
+    scale = pow2_scale(amax, code_max) if pow2 else (amax / code_max).clamp_min(1e-12)
     return scale.float(), torch.zeros_like(scale, dtype=torch.int32), -qmax - 1, qmax
 
 
-def fake_quant_weight(w, bits, per_channel=True, pow2=False):
+def fake_quant_weight(w, bits, per_channel=True, pow2=False, code_max=None):
     """Quantize-dequantize ``w`` [out, in/g, k, k] (or a bias [out]) with STE gradients."""
     if bits >= 32:
         return w
-    scale, zp, qmin, qmax = weight_qparams(w, bits, per_channel, pow2)
+    scale, zp, qmin, qmax = weight_qparams(w, bits, per_channel, pow2, code_max)
     if scale.ndim == 1:
         return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, qmin, qmax)
     return torch.fake_quantize_per_tensor_affine(w, scale, zp, qmin, qmax)
@@ -190,19 +218,23 @@ class ActQuant(nn.Module):
             self.lo.lerp_(lo, EMA_MOMENTUM)
             self.hi.lerp_(hi, EMA_MOMENTUM)
 
+    def code_range(self):
+        """(qmin, qmax) of the integer codes: signed for 'pow2', unsigned otherwise."""
+        if self.mode == 'pow2':
+            return -2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
+        return 0, 2 ** self.bits - 1
+
     def qparams(self):
         """(scale [] float, zero point [] int32, qmin, qmax) for the current range."""
-        b = self.bits
         device = self.lo.device
+        qmin, qmax = self.code_range()
         if self.mode == 'dorefa':
-            qmax = 2 ** b - 1
             return (torch.tensor(self.alpha / qmax, device=device), torch.zeros((), dtype=torch.int32, device=device),
                     0, qmax)
         if self.mode == 'pow2':
-            qmax = 2 ** (b - 1) - 1
             scale = pow2_scale(torch.maximum(self.lo.abs(), self.hi.abs()), qmax)
-            return scale, torch.zeros((), dtype=torch.int32, device=device), -qmax - 1, qmax
-        qmax = 2 ** b - 1  # affine: the range must hold 0 exactly (zero padding, ReLU zeros)
+            return scale, torch.zeros((), dtype=torch.int32, device=device), qmin, qmax
+        # affine: the range must hold 0 exactly (zero padding, ReLU zeros)
         lo, hi = self.lo.clamp(max=0.0), self.hi.clamp(min=0.0)
         scale = ((hi - lo) / qmax).clamp_min(1e-12)
         zp = torch.round(-lo / scale).clamp(0, qmax).to(torch.int32)
@@ -253,15 +285,22 @@ class QuantConvBlock(ConvBlock):
         mode = 'dorefa' if spec.scheme == 'dorefa' else 'pow2' if spec.fpga else 'affine'
         self.add_module('act_quant', ActQuant(self.a_bits, mode, alpha=1.0 if first else DOREFA_ALPHA, layer=layer,
                                               fixed_range=(0.0, 1.0) if first else None))
+        self.w_code_max = 2 ** (self.w_bits - 1) - 1 if spec.full_range else \
+            safe_weight_code_max(self.w_bits, *self.act_quant.code_range())
         self.fold = spec.bn_fold and hasattr(self, 'BatchNorm2d')
         if self.fold:
             self.register_buffer('bn_frozen', torch.zeros((), dtype=torch.bool))
+
+    def weight_qparams(self, w):
+        """(scale, zero point, qmin, qmax) of the Google-scheme weight ``w`` (see weight_qparams)."""
+        return weight_qparams(w, self.w_bits, per_channel=not self.spec.fpga, pow2=self.spec.fpga,
+                              code_max=self.w_code_max)
 
     def quant_weight(self, w):
         s = self.spec
         if s.scheme == 'dorefa':
             return fake_quant_dorefa_weight(w, self.w_bits)
-        return fake_quant_weight(w, self.w_bits, per_channel=not s.fpga, pow2=s.fpga)
+        return fake_quant_weight(w, self.w_bits, per_channel=not s.fpga, pow2=s.fpga, code_max=self.w_code_max)
 
     def quant_bias(self, b):
         """Only ``fpga`` quantizes the bias (w_bits, its own 2^-n scale); otherwise it stays
@@ -401,6 +440,10 @@ def add_quant_args(parser, train=False):
     g.add_argument('--edge-bits', type=int, default=None, choices=(0, *BITS),
                    help='bits of the first conv and the head convs when --a-bit/--w-bit are lower (default 8; '
                         '0 = every conv at --a-bit/--w-bit, as upstream)')
+    g.add_argument('--full-range', action='store_true', default=None,
+                   help='8-bit weights use all codes [-127, 127] (FPGA or VNNI-only targets); by default a conv with '
+                        '8-bit activations keeps them in [-64, 64], so int8 kernels of CPUs without VNNI cannot '
+                        'saturate')
     if train:
         g.add_argument('--bn-freeze', type=float, default=0.9,
                        help='--BN_Fold: fraction of the optimizer steps after which the fold uses running statistics')
@@ -415,7 +458,8 @@ def spec_from_opt(opt):
     Bit or fold flags without --quantized are an error rather than a silent float run."""
     if not opt.quantized:
         given = [f for f, v in (('--a-bit', opt.a_bit), ('--w-bit', opt.w_bit), ('--BN_Fold', opt.bn_fold),
-                                ('--FPGA', opt.fpga), ('--edge-bits', opt.edge_bits)) if v is not None and v is not False]
+                                ('--FPGA', opt.fpga), ('--edge-bits', opt.edge_bits),
+                                ('--full-range', getattr(opt, 'full_range', None))) if v is not None and v is not False]
         if given and opt.quantized is None:
             raise ValueError(f'{" ".join(given)}: only used by quantization, which is off; add --quantized 1 or 2')
         if given:
@@ -423,7 +467,8 @@ def spec_from_opt(opt):
         return None
     return QuantSpec(SCHEMES[opt.quantized], a_bits=opt.a_bit or 8, w_bits=opt.w_bit or 8, bn_fold=opt.bn_fold,
                      fpga=opt.fpga, bn_freeze=getattr(opt, 'bn_freeze', 0.9),
-                     edge_bits=8 if opt.edge_bits is None else opt.edge_bits)
+                     edge_bits=8 if opt.edge_bits is None else opt.edge_bits,
+                     full_range=bool(getattr(opt, 'full_range', False)))
 
 
 def attach_quantization(trainer, spec):
