@@ -69,23 +69,28 @@ def increment_path(path, mkdir=True):
     return path
 
 
-def cpu_flags(cpuinfo='/proc/cpuinfo'):
-    """(model name, set of instruction-set flags) of this CPU from Linux's /proc/cpuinfo, or
-    (platform.processor(), empty set) where there is none."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        import platform
-        return platform.processor() or platform.machine(), frozenset()
-    model, flags = '', frozenset()
+def parse_cpuinfo(text):
+    """(model name, set of instruction-set flags, processor count) of /proc/cpuinfo text; the
+    first processor speaks for all (x86 'model name'/'flags', ARM 'Model'/'Features')."""
+    fields, processors = {}, 0
     for line in text.splitlines():
         key, _, value = line.partition(':')
         key = key.strip()
-        if key == 'model name' and not model:
-            model = value.strip()
-        elif key == 'flags' and not flags:
-            flags = frozenset(value.split())
-    return model, flags
+        processors += key == 'processor'
+        fields.setdefault(key, value.strip())
+    flags = frozenset((fields.get('flags') or fields.get('Features') or '').split())
+    return fields.get('model name') or fields.get('Model') or '', flags, processors
+
+
+def cpu_flags(cpuinfo='/proc/cpuinfo'):
+    """(model name, set of instruction-set flags) of this CPU from Linux's /proc/cpuinfo, or
+    (platform.processor(), empty set) where there is none."""
+    import platform
+    try:
+        model, flags, _ = parse_cpuinfo(Path(cpuinfo).read_text())
+    except OSError:
+        model, flags = '', frozenset()
+    return model or platform.processor() or platform.machine(), flags
 
 
 def int8_kernels_saturate(flags=None):

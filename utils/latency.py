@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.general import parse_cpuinfo
+
 ROOT = Path(__file__).resolve().parents[1]
 # OpenMP / BLAS pools size themselves when their library loads, so a worker's environment
 # carries the count before any import; the runners set their runtime's own knob as well
@@ -319,16 +321,8 @@ def cpu_info(text=None):
             text = Path('/proc/cpuinfo').read_text()
         except OSError:
             text = ''
-    fields = {}
-    processors = 0
-    for line in text.splitlines():
-        key, _, value = line.partition(':')
-        key = key.strip()
-        processors += key == 'processor'
-        fields.setdefault(key, value.strip())  # the first processor speaks for all
-    flags = set((fields.get('flags') or fields.get('Features') or '').split())
-    model = fields.get('model name') or fields.get('Model') or platform.processor() or platform.machine()
-    return {'model': model, 'cores': processors or os.cpu_count() or 1,
+    model, flags, processors = parse_cpuinfo(text)
+    return {'model': model or platform.processor() or platform.machine(), 'cores': processors or os.cpu_count() or 1,
             'flags': {'avx2': 'avx2' in flags, 'avx512f': 'avx512f' in flags, 'avx512_vnni': 'avx512_vnni' in flags,
                       'avx_vnni': 'avx_vnni' in flags, 'amx': any(f.startswith('amx') for f in flags)}}
 
