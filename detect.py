@@ -69,8 +69,10 @@ def load_detector(opt, device):
     from utils.backends import is_exported
     if is_exported(opt.weights):  # runs as it is: fused, optimised and (maybe) quantized at export
         return exported_detector(opt, device)
-    from utils.quant import prepare_for_inference, spec_from_opt
-    model, ckpt = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=spec_from_opt(opt))
+    from utils.quant import prepare_for_inference, quantize_as_requested, spec_from_opt
+    spec = spec_from_opt(opt)
+    model, ckpt = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
+    model = quantize_as_requested(model, spec, opt.weights).to(device).eval()
     prepare_for_inference(model, opt, device)
     return models.optimize_for_inference(model, compile=opt.compile), ckpt
 

@@ -652,37 +652,54 @@ def load_weights(model, path, cutoff=-1, pretrain=False):
     return load_darknet_weights(model, path, cutoff=cutoff, pretrain=pretrain)
 
 
-def quantize_as_saved(model, ckpt, source, requested=None):
-    """``model`` quantized as checkpoint entries ``ckpt`` record (key ``quant``), or as
-    ``requested`` (a utils.quant.QuantSpec) when the checkpoint is float; a request that
-    contradicts the checkpoint is an error. Float in, float out when neither asks."""
-    if not (ckpt or {}).get('quant') and requested is None:
-        return model
-    from utils.quant import ckpt_spec, quantize_model, resolve_spec
-    spec = resolve_spec(requested, ckpt_spec(ckpt, source), source)
-    return quantize_model(model, spec)
+# Checkpoint entries that describe a model other than the one its cfg builds (the state dict
+# holds that model's tensors). The module that writes such an entry registers how the model is
+# rebuilt from it: this module is what those modules build on, so it cannot import them.
+TRANSFORM_ENTRIES = ('quant',)  # 'quant': utils.quant (quantization-aware training)
+CHECKPOINT_TRANSFORMS = {}
+
+
+def register_checkpoint_transform(key, rebuild):
+    """``rebuild(model, entries, source) -> model`` turns the float ``model`` built from a
+    checkpoint's cfg into the model its state dict was saved from, as entry ``key`` says."""
+    if key not in TRANSFORM_ENTRIES:
+        raise ValueError(f'checkpoint entry {key!r} is not in models.TRANSFORM_ENTRIES, so no checkpoint '
+                         'would ever be rebuilt with it')
+    CHECKPOINT_TRANSFORMS[key] = rebuild
+
+
+def rebuild_as_saved(model, entries, source):
+    """``model``, built from a checkpoint's cfg, rebuilt as the checkpoint ``entries`` say it
+    was saved (by the transforms registered for the TRANSFORM_ENTRIES they hold), so that its
+    state dict fits. Float checkpoints and Darknet weights (``entries`` None) leave it as it is."""
+    for key in TRANSFORM_ENTRIES:
+        if not (entries or {}).get(key):
+            continue
+        if key not in CHECKPOINT_TRANSFORMS:
+            raise RuntimeError(f'{source}: the checkpoint has a {key!r} entry but no transform is registered for '
+                               f'it: import the module that writes {key!r} entries before loading it')
+        model = CHECKPOINT_TRANSFORMS[key](model, entries, source)
+    return model
 
 
 def model_from_checkpoint(path, img_size=416):
-    """Build the model described by a self-describing checkpoint (quantized if it was) and
-    load its weights."""
+    """Build the model described by a self-describing checkpoint (rebuilt as it was saved,
+    e.g. quantized) and load its weights."""
     ckpt = load_checkpoint(path)
     if not ckpt.get('cfg'):
         raise ValueError(f'{path}: checkpoint has no cfg text; build the model from its cfg and use load_weights')
-    model = quantize_as_saved(Darknet(ckpt['cfg'], img_size=img_size), ckpt, path)
+    model = rebuild_as_saved(Darknet(ckpt['cfg'], img_size=img_size), ckpt, path)
     model.load_state_dict(ckpt['model'])
     return model, ckpt
 
 
-def load_model(cfg, weights, img_size=416, device='cpu', quant=None):
-    """An eval-mode model for test.py/detect.py: built from ``cfg``, or from the cfg a ``.pt``
-    checkpoint carries when ``cfg`` is empty, with ``weights`` (.pt or Darknet) loaded; the
-    checkpoint is read once. Weights that do not fit ``cfg`` (another shape, or tensors the
-    cfg needs and the checkpoint lacks) are an error. A checkpoint of a quantization-aware
-    run rebuilds its quantized model; ``quant`` (a QuantSpec) quantizes a float one (its
-    activation ranges then need utils.quant.calibrate) and must agree with a quantized one.
-    Returns (model, the checkpoint's entries other than its state dict: names, sparsity,
-    quant ... ({} for Darknet weights))."""
+def load_model(cfg, weights, img_size=416, device='cpu'):
+    """An eval-mode model built from ``cfg``, or from the cfg a ``.pt`` checkpoint carries when
+    ``cfg`` is empty, with ``weights`` (.pt or Darknet) loaded; the checkpoint is read once.
+    Weights that do not fit ``cfg`` (another shape, or tensors the cfg needs and the checkpoint
+    lacks) are an error. A checkpoint saved from a transformed model (a quantization-aware
+    run) rebuilds that model (rebuild_as_saved). Returns (model, the checkpoint's entries other
+    than its state dict: names, sparsity, quant ... ({} for Darknet weights))."""
     weights = str(weights or '')
     if weights and not os.path.isfile(weights):
         raise FileNotFoundError(f'--weights {weights} not found')
@@ -692,20 +709,14 @@ def load_model(cfg, weights, img_size=416, device='cpu', quant=None):
     model = Darknet(cfg or ckpt['cfg'], img_size=img_size)
     if ckpt is None and weights:
         load_darknet_weights(model, weights)
-        model = quantize_as_saved(model, None, weights, quant)
     elif ckpt is None:
         print('WARNING: no --weights: evaluating random weights')
-        model = quantize_as_saved(model, None, weights, quant)
     else:  # evaluating a model with some layers left random would report a meaningless mAP
-        saved_quant = bool(ckpt.get('quant'))
-        if saved_quant:  # its state dict holds the quantizers' state: build them first
-            model = quantize_as_saved(model, ckpt, weights, quant)
+        model = rebuild_as_saved(model, ckpt, weights)
         loaded, _ = load_state_dict_matching(model, ckpt['model'], weights)
         missing = [k for k in model.state_dict() if k not in loaded]
         if missing:
             raise ValueError(f'{weights}: has no tensor for {len(missing)} entries of the cfg, e.g. {missing[:3]}')
-        if not saved_quant:
-            model = quantize_as_saved(model, ckpt, weights, quant)
     return model.to(device).eval(), {k: v for k, v in (ckpt or {}).items() if k != 'model'}
 
 

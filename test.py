@@ -87,11 +87,13 @@ def run(opt):
     data = parse_data_cfg(opt.data, required=('valid', 'classes'))
     nc = 1 if opt.single_cls else int(data['classes'])
     names = read_names(data.get('names'), nc)
-    from utils.quant import prepare_for_inference, spec_from_opt
+    from utils.quant import prepare_for_inference, quantize_as_requested, spec_from_opt
     if is_exported(opt.weights):
         model = load_exported(opt.weights, device)
     else:
-        model, _ = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=spec_from_opt(opt))
+        spec = spec_from_opt(opt)
+        model, _ = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
+        model = quantize_as_requested(model, spec, opt.weights).to(device).eval()
         prepare_for_inference(model, opt, device)
     square = opt.square or fixed_size_batches(model, opt, sizes)
     if model.nc != nc and not opt.single_cls:

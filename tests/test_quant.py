@@ -17,7 +17,7 @@ from test_train import NO_AUG, hyp_file, run_train, tiny_data  # noqa: F401  (ti
 from utils.int_forward import int_forward
 from utils.qparams import export_qparams, head_step_bounds, reorder_tiles, save_qparams
 from utils.quant import (ActQuant, QuantConvBlock, QuantSpec, calibrate, fake_quant_dorefa_weight, fake_quant_weight,
-                         quant_blocks, quantize_model, spec_of, weight_qparams)
+                         quant_blocks, quantize_as_requested, quantize_model, spec_of, weight_qparams)
 
 TINY = 'cfg/yolov3-tiny-shapes.cfg'
 MOBILE = 'cfg/yolov3tiny-mobilenet-small.cfg'
@@ -223,15 +223,16 @@ def test_qat_checkpoint_reloads_and_evaluates_identically(tmp_path, tiny_data, r
     assert (a['map50'], a['map50_95']) == (b['map50'], b['map50_95'])
     model, _ = models.model_from_checkpoint(best)
     assert spec_of(model) == spec
-    again, _ = models.load_model('', best, 128, quant=spec)  # the flags repeated: the same model, same ranges
+    again = quantize_as_requested(models.load_model('', best, 128)[0], spec, best)  # the flags repeated: same model
     x = torch.rand(2, 3, 128, 128)
     assert torch.equal(model.eval()(x)[0], again(x)[0])
     ranges = [float(b.act_quant.hi - b.act_quant.lo) for _, b in quant_blocks(again)]
     assert all(r > 0 for r in ranges) or spec.scheme == 'dorefa'
     assert float(ckpt['model']['module_list.0.act_quant.hi']) == float(quant_blocks(again)[0][1].act_quant.hi)
     with pytest.raises(ValueError, match='asks for'):
-        models.load_model('', best, 128, quant=QuantSpec('google', 8, 16, bn_fold=spec.bn_fold, fpga=spec.fpga)
-                          if spec.scheme == 'google' else QuantSpec('google'))
+        quantize_as_requested(models.load_model('', best, 128)[0], QuantSpec('google', 8, 16, bn_fold=spec.bn_fold,
+                                                                             fpga=spec.fpga)
+                              if spec.scheme == 'google' else QuantSpec('google'), best)
 
 
 def test_qat_resume_is_exact_and_bn_freezes(tmp_path, tiny_data):

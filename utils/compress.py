@@ -140,6 +140,7 @@ class Showcase:
         """Parameters, GFLOPs at --img-size, file MB and saved epoch of a checkpoint (cached)."""
         if pt not in self._info:
             import models
+            import utils.quant  # noqa: F401  (registers how a quantization-aware checkpoint is rebuilt)
             model, ckpt = models.model_from_checkpoint(pt, self.args.img_size)
             self._info[pt] = {'params': models.count_parameters(model)[0],
                               'gflops': models.layer_flops(model, self.args.img_size)[1] / 1e9,

@@ -555,12 +555,13 @@ def load_source_model(opt, device):
     (from a QAT checkpoint, or float quantized by --quantized and calibrated by --calib).
     Exported files and --int8 on a quantized model are refused."""
     import models
-    from utils.quant import prepare_for_inference, spec_from_opt, spec_of
+    from utils.quant import prepare_for_inference, quantize_as_requested, spec_from_opt, spec_of
     requested = spec_from_opt(opt)
     if opt.int8 and requested is not None:
         raise ValueError('--int8 (ONNX Runtime post-training INT8) and --quantized (the model\'s own fake '
                          'quantization) exclude each other: choose one')
-    model, entries = models.load_model(opt.cfg, opt.weights, opt.img_size, device, quant=requested)
+    model, entries = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
+    model = quantize_as_requested(model, requested, opt.weights).to(device).eval()
     if opt.int8 and spec_of(model) is not None:
         raise ValueError(f'{opt.weights} is a quantization-aware model ({spec_of(model).describe()}): export it '
                          f'without --int8 to keep its own learned scales as QDQ')

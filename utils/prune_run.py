@@ -73,6 +73,7 @@ class PruneRun:
         from utils.datasets import resolve_data
         opt.data = resolve_data(opt.data)
         self.data = parse_data_cfg(opt.data, required=('valid', 'classes', 'train'))  # mAP; adaptive BN
+        import utils.quant  # noqa: F401  (registers how a quantization-aware checkpoint is rebuilt)
         self.model, self.ckpt_info = models.load_model(opt.cfg, opt.weights, opt.img_size, self.device)
         if self.model.nc != int(self.data['classes']):
             raise ValueError(f'the model has {self.model.nc} classes, {opt.data} has {self.data["classes"]}')

@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import ConvBlock
+from models import ConvBlock, register_checkpoint_transform
 
 BITS = (2, 4, 8, 16, 32)
 INT16_MAX = 32767  # vpmaddubsw's pair sums saturate here
@@ -395,6 +395,27 @@ def ckpt_spec(entries, source='checkpoint'):
     return QuantSpec.from_dict(d, source) if d else None
 
 
+def _rebuild_quantized(model, entries, source):
+    return quantize_model(model, ckpt_spec(entries, source))
+
+
+register_checkpoint_transform('quant', _rebuild_quantized)
+
+
+def quantize_as_requested(model, spec, source):
+    """``model`` as the command line's ``spec`` asks: a float model is quantized (in place, as
+    quantize_model; its activation ranges then need ``calibrate``), a quantized one (rebuilt
+    from a quantization-aware checkpoint ``source``) must have been built with ``spec``. No
+    spec: the model as it is."""
+    if spec is None:
+        return model
+    have = spec_of(model)
+    if have is not None:
+        resolve_spec(spec, have, source)
+        return model
+    return quantize_model(model, spec)
+
+
 @torch.no_grad()
 def calibrate(model, batches, n_images):
     """Post-training quantization: run ``n_images`` images (``batches`` yields float [B,3,H,W]
@@ -476,11 +497,7 @@ def attach_quantization(trainer, spec):
     model a quantized ``--weights``/``--resume`` checkpoint rebuilt matches), record the spec
     in every checkpoint, and switch BN folding to running statistics at the freeze point."""
     def transform(tr, model):
-        have = spec_of(model)
-        if have is None:
-            model = quantize_model(model, spec)
-        else:
-            resolve_spec(spec, have, 'the starting checkpoint')
+        model = quantize_as_requested(model, spec, 'the starting checkpoint')
         if tr.main:
             print(f'Quantization-aware training: {spec.describe()}')
         return model

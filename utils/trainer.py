@@ -238,7 +238,7 @@ class Trainer:
             raise ValueError(f'{cfg_name} has {model.nc} classes but {opt.data} has {self.nc}; {hint}')
         _init_head_biases(model)
         if init is not None:  # a quantization-aware checkpoint holds its quantizers' state: build them first
-            model = models.quantize_as_saved(model, init, weights)
+            model = models.rebuild_as_saved(model, init, weights)
             loaded, skipped = models.load_state_dict_matching(model, init['model'], weights, pretrain=opt.pretrain)
             if self.main:
                 print(f'{weights}: loaded {len(loaded)} tensors' +
