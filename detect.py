@@ -47,34 +47,27 @@ def default_source():
     return parse_data_cfg(default_data(), required=('valid',))['valid']
 
 
-def exported_detector(opt, device):
-    """(model, entries) of an .onnx / OpenVINO export; its fixed input size replaces --img-size."""
-    from utils.backends import load_exported
-    if opt.quantized or opt.calib or opt.compile or opt.augment:
-        raise ValueError(f'{opt.weights}: --quantized/--calib/--compile/--augment apply to .pt/.weights models '
-                         '(an export is optimised, and quantized, by export.py)')
-    model = load_exported(opt.weights, device)
+def load_detector(opt, device):
+    """(model to run, checkpoint entries): an export as it is (its fixed input size replaces
+    --img-size), else the .pt/.weights model, quantized and calibrated as the flags / checkpoint
+    say, BN-fused and channels_last."""
+    import models
+    from utils.inference import load_inference_model, weights_kind
+    from utils.quant import spec_from_opt
+    exported = weights_kind(opt.weights) == 'export'
+    if exported and (opt.compile or opt.augment):  # fused and optimised at export
+        raise ValueError(f'{opt.weights}: --compile/--augment apply to .pt/.weights models (an export is optimised '
+                         'by export.py)')
+    model, ckpt = load_inference_model(opt.weights, opt.cfg, device, opt.img_size, quant=spec_from_opt(opt),
+                                       calib=opt.calib, data=opt.data)
+    if not exported:
+        return models.optimize_for_inference(model, compile=opt.compile), ckpt
     h, w = model.input_hw
     if (opt.img_size, opt.img_size) != (h, w):
         print(f'{opt.weights} has a fixed {h}x{w} input: --img-size {opt.img_size} -> {max(h, w)}')
     opt.img_size = (h, w) if h != w else h
     print(model.describe())
-    return model, {'names': model.names} if model.names else {}
-
-
-def load_detector(opt, device):
-    """(model to run, checkpoint entries): an export as it is, else the .pt/.weights model,
-    quantized and calibrated as the flags / checkpoint say, BN-fused and channels_last."""
-    import models
-    from utils.backends import is_exported
-    if is_exported(opt.weights):  # runs as it is: fused, optimised and (maybe) quantized at export
-        return exported_detector(opt, device)
-    from utils.quant import prepare_for_inference, quantize_as_requested, spec_from_opt
-    spec = spec_from_opt(opt)
-    model, ckpt = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
-    model = quantize_as_requested(model, spec, opt.weights).to(device).eval()
-    prepare_for_inference(model, opt, device)
-    return models.optimize_for_inference(model, compile=opt.compile), ckpt
+    return model, ckpt
 
 
 def run(opt):

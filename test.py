@@ -52,13 +52,10 @@ def study_sizes(opt):
 
 def fixed_size_batches(model, opt, sizes):
     """True for an exported model (fixed input size): test.py then evaluates square batches of
-    that size, saying so; quantization flags or a --task study over other sizes are errors."""
+    that size, saying so; a --task study over other sizes is an error."""
     hw = getattr(model, 'input_hw', None)
     if hw is None:
         return False
-    if opt.quantized or opt.calib:
-        raise ValueError(f'{opt.weights}: quantization flags apply to .pt/.weights models; quantize at export '
-                         '(export.py --int8, or --quantized ... --calib N)')
     if hw[0] != hw[1]:
         raise ValueError(f'{opt.weights}: input {hw[0]}x{hw[1]} is not square; test.py evaluates square exports')
     if opt.task == 'study':
@@ -72,8 +69,6 @@ def fixed_size_batches(model, opt, sizes):
 
 
 def run(opt):
-    import models
-    from utils.backends import is_exported, load_exported
     from utils.datasets import create_dataloader
     from utils.evaluation import evaluate
     from utils.general import increment_path
@@ -87,14 +82,10 @@ def run(opt):
     data = parse_data_cfg(opt.data, required=('valid', 'classes'))
     nc = 1 if opt.single_cls else int(data['classes'])
     names = read_names(data.get('names'), nc)
-    from utils.quant import prepare_for_inference, quantize_as_requested, spec_from_opt
-    if is_exported(opt.weights):
-        model = load_exported(opt.weights, device)
-    else:
-        spec = spec_from_opt(opt)
-        model, _ = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
-        model = quantize_as_requested(model, spec, opt.weights).to(device).eval()
-        prepare_for_inference(model, opt, device)
+    from utils.inference import load_inference_model
+    from utils.quant import spec_from_opt
+    model, _ = load_inference_model(opt.weights, opt.cfg, device, opt.img_size, quant=spec_from_opt(opt),
+                                    calib=opt.calib, data=opt.data)
     square = opt.square or fixed_size_batches(model, opt, sizes)
     if model.nc != nc and not opt.single_cls:
         raise ValueError(f'the model has {model.nc} classes, {opt.data} has {nc}')

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'bench'))
 import models  # noqa: E402
 from bench_inference import find_cfg, matmul_peak  # noqa: E402
+from utils.inference import load_inference_model  # noqa: E402
 from utils.latency import (cpu_info, cpu_text, darknet_job, openvino_job, ort_job, summarize,  # noqa: E402
                            time_per_process, torch_job)
 
@@ -201,7 +202,7 @@ def main(argv=None):
     for name, size in opt.models:
         results.append(bench_model(name, models.Darknet(find_cfg(name), img_size=size).eval(), size, opt))
     for path in opt.extra:
-        model, _ = models.load_model('', path, 256, 'cpu')
+        model, _ = load_inference_model(path, img_size=256)
         results.append(bench_model(Path(path).name, model, 256, opt, pt=path))
     torch.set_num_threads(max(opt.threads))
     meta = {'date': time.strftime('%Y-%m-%d %H:%M'), 'cpu': cpu_info(), 'mode': 'per-process',

@@ -46,8 +46,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.backends import META_KEY, OnnxRuntimeModel, OpenVinoModel, is_exported
+from utils.backends import META_KEY, OnnxRuntimeModel, OpenVinoModel
 from utils.general import atomic_write_bytes, atomic_write_text, cpu_flags, int8_kernels_saturate, new_temp_dir
+from utils.inference import load_inference_model, weights_kind
 
 FORMATS = ('onnx', 'openvino', 'darknet', 'qparams')
 MIN_OPSET, MAX_OPSET = 13, 20  # 13: per-channel QDQ; 20: the TorchScript exporter's last opset
@@ -551,22 +552,20 @@ INT8_DEFAULT_CALIB = 100  # --int8 without --calib N
 
 
 def load_source_model(opt, device):
-    """(eval model, checkpoint entries) through models.load_model: float, or quantization-aware
-    (from a QAT checkpoint, or float quantized by --quantized and calibrated by --calib).
-    Exported files and --int8 on a quantized model are refused."""
-    import models
-    from utils.quant import prepare_for_inference, quantize_as_requested, spec_from_opt, spec_of
+    """(eval model, checkpoint entries) through utils.inference.load_inference_model: float, or
+    quantization-aware (from a QAT checkpoint, or float quantized by --quantized and calibrated
+    by --calib). Exported files and --int8 on a quantized model are refused."""
+    from utils.quant import spec_from_opt, spec_of
     requested = spec_from_opt(opt)
     if opt.int8 and requested is not None:
         raise ValueError('--int8 (ONNX Runtime post-training INT8) and --quantized (the model\'s own fake '
                          'quantization) exclude each other: choose one')
-    model, entries = models.load_model(opt.cfg, opt.weights, opt.img_size, device)
-    model = quantize_as_requested(model, requested, opt.weights).to(device).eval()
+    # under --int8, --calib counts the images of ONNX Runtime's calibration, not of the model's own
+    model, entries = load_inference_model(opt.weights, opt.cfg, device, opt.img_size, quant=requested,
+                                          calib=0 if opt.int8 else opt.calib, data=opt.data, exported=False)
     if opt.int8 and spec_of(model) is not None:
         raise ValueError(f'{opt.weights} is a quantization-aware model ({spec_of(model).describe()}): export it '
                          f'without --int8 to keep its own learned scales as QDQ')
-    if not opt.int8:
-        prepare_for_inference(model, opt, device)
     for p in model.parameters():
         p.requires_grad_(True)  # see onnx_bytes: MaxPool exports as MaxPool
     return model, entries
@@ -595,9 +594,7 @@ def run(opt):
         raise ValueError(f'--img-size {opt.img_size} must be a multiple of 32')
     if not opt.weights:
         raise ValueError('--weights is required (a .pt checkpoint or Darknet .weights)')
-    if is_exported(opt.weights):
-        raise ValueError(f'--weights {opt.weights} is already an exported model; export.py reads .pt checkpoints '
-                         f'and Darknet .weights')
+    weights_kind(opt.weights, exported=False)  # before any output path is derived from it
     paths = output_paths(opt)
     opt.data = resolve_data(opt.data)
     data = parse_data_cfg(opt.data, required=('train',) if opt.int8 or opt.calib else ())

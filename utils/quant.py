@@ -530,21 +530,21 @@ def calibration_batches(data, img_size, batch_size=8, seed=0):
         yield imgs.float() / 255.0
 
 
-def prepare_for_inference(model, opt, device):
-    """test.py/detect.py/export.py after models.load_model: ``--calib N`` calibrates a
-    quantized model's activation ranges on N training images of ``opt.data``; a quantized
-    model without ranges (a float checkpoint quantized by the flags) needs it."""
-    calib = getattr(opt, 'calib', 0)
+def prepare_for_inference(model, device, calib=0, data=None, img_size=416, source='the model'):
+    """utils.inference.load_inference_model after quantize_as_requested: ``calib`` (--calib N)
+    calibrates a quantized model's activation ranges on N training images of the .data file
+    ``data`` at ``img_size``; a quantized model without ranges (a float checkpoint quantized by
+    the flags) needs it. ``source``: what --weights named, for the messages."""
     spec = spec_of(model)
     if spec is None:
         if calib:
             raise ValueError('--calib: the model is float; add --quantized 1 or 2 to quantize it after training')
         return model
     if calib:
-        n = calibrate(model, (b.to(device) for b in calibration_batches(opt.data, opt.img_size)), calib)
-        print(f'Post-training quantization {spec.describe()}: activation ranges from {n} images of {opt.data}')
+        n = calibrate(model, (b.to(device) for b in calibration_batches(data, img_size)), calib)
+        print(f'Post-training quantization {spec.describe()}: activation ranges from {n} images of {data}')
     elif not all(q.observed for q in model.modules() if isinstance(q, ActQuant) and q.bits < 32):
-        raise ValueError(f'{opt.weights or "the model"} is float and now quantized ({spec.describe()}) but has no '
+        raise ValueError(f'{source} is float and now quantized ({spec.describe()}) but has no '
                          'activation ranges: add --calib N to calibrate them on N training images (post-training '
                          'quantization), or train with these flags (quantization-aware training)')
     else:
