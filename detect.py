@@ -35,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument('--augment', action='store_true', help='test-time augmentation')
     p.add_argument('--compile', action='store_true', help='torch.compile the model (faster after a slow start)')
     p.add_argument('--data', default='data/shapes.data', help='.data file whose train images --calib uses')
-    from utils.quant import add_quant_args
+    from utils.quant_flags import add_quant_args
     add_quant_args(p)
     return p.parse_args(argv)
 

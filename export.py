@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument('--int8', action='store_true', help='static post-training INT8 (QDQ, per-channel weights)')
     p.add_argument('--data', default='data/shapes.data', help='.data file: calibration (train=) and check '
                    '(valid=) images')
-    from utils.quant import add_quant_args
+    from utils.quant_flags import add_quant_args
     add_quant_args(p)  # its --calib N also sets the --int8 calibration images (default 100)
     return p.parse_args(argv)
 

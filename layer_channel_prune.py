@@ -3,13 +3,13 @@
 
     python3 layer_channel_prune.py --weights runs/train/exp2/weights/last.pt --percent 0.6 --shortcuts 2
 """
-from utils import prune_run
-from utils.prune import select_blocks
-from utils.layer_graph import LayerGraph
 import slim_prune
+from utils.prune_flags import prune_parser
 
 
 def plan(run, opt):
+    from utils.layer_graph import LayerGraph
+    from utils.prune import select_blocks
     channel_stages, percent = slim_prune.plan(run, opt)
     slimmed = channel_stages[-1].model
     blocks = select_blocks(slimmed, LayerGraph(slimmed.module_defs, slimmed.in_channels), opt.shortcuts)
@@ -19,7 +19,9 @@ def plan(run, opt):
 
 
 def main(argv=None):
-    return prune_run.main(__doc__, 'layer_channel', plan, argv, percent=0.6, layer_keep=0.01, shortcuts=2)
+    opt = prune_parser(__doc__, percent=0.6, layer_keep=0.01, shortcuts=2).parse_args(argv)
+    from utils import prune_run
+    return prune_run.run_plan(opt, 'layer_channel', plan)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@
     python3 normal_prune.py --weights runs/train/exp2/weights/last.pt --percent 0.5
     python3 train.py --weights runs/prune/normal/<name>.pt            # fine-tune
 """
-from utils import prune_run
+from utils.prune_flags import prune_parser
 
 
 def plan(run, opt):
@@ -15,7 +15,9 @@ def plan(run, opt):
 
 
 def main(argv=None):
-    return prune_run.main(__doc__, 'normal', plan, argv, percent=0.5)
+    opt = prune_parser(__doc__, percent=0.5).parse_args(argv)
+    from utils import prune_run
+    return prune_run.run_plan(opt, 'normal', plan)
 
 
 if __name__ == '__main__':

@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--project', default='runs/test')
     p.add_argument('--name', default='exp')
-    from utils.quant import add_quant_args
+    from utils.quant_flags import add_quant_args
     add_quant_args(p)
     return p.parse_args(argv)
 

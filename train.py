@@ -83,7 +83,7 @@ def parse_args(argv=None):
                     help='teacher weights (.pt, or Darknet .weights with --t_cfg); same head layout as the student')
     kd.add_argument('--t_cfg', '--t-cfg', dest='t_cfg', default='',
                     help='teacher cfg (default: the cfg a .pt --t_weights carries)')
-    from utils.quant import add_quant_args
+    from utils.quant_flags import add_quant_args
     add_quant_args(p, train=True)
     opt = p.parse_args(argv)
     if opt.sr:

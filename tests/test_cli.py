@@ -415,3 +415,33 @@ def test_no_absolute_paths_of_a_machine_in_the_tree():
     bad = [f for f in tracked if f.endswith(('.py', '.sh', '.txt', '.yaml', '.cfg', '.data'))
            and any(r in (ROOT / f).read_text(errors='replace') for r in roots)]
     assert not bad, bad
+
+
+# ----------------------------------------------------------------------------- --help
+ENTRY_SCRIPTS = ['train.py', 'test.py', 'detect.py', 'export.py', 'compress.py', 'normal_prune.py',
+                 'regular_prune.py', 'shortcut_prune.py', 'slim_prune.py', 'layer_prune.py', 'layer_channel_prune.py',
+                 'data/convert.py', 'data/anchors.py', 'data/shapes.py']
+HELP_PROBE = '''
+import contextlib, io, runpy, sys
+sys.path.insert(0, '.')
+sys.argv = [SCRIPT, '--help']
+out = io.StringIO()
+try:
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(SCRIPT, run_name='__main__')
+except SystemExit as e:
+    assert e.code in (0, None), e.code
+assert 'usage:' in out.getvalue(), out.getvalue()
+print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])
+'''
+
+
+@pytest.mark.parametrize('script', ENTRY_SCRIPTS)
+def test_help_does_not_import_torch(script):
+    """--help is instant and works before torch is installed: parsers are built from torch-free
+    modules (utils/quant_flags.py, utils/prune_flags.py), the work imports torch after parsing."""
+    assert (ROOT / script).is_file()
+    r = subprocess.run([sys.executable, '-c', HELP_PROBE.replace('SCRIPT', repr(script))], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == '[]', f'{script} --help imported {r.stdout.strip()}'

@@ -6,7 +6,6 @@ channels or blocks go (see normal_prune.py).
     removed = run.threshold_plan(mode=0, percent=0.5)   # coupling groups to remove
     run.finish([run.stage('compact', removed=removed)], amount='0.5')
 """
-import argparse
 import copy
 import json
 import math
@@ -25,36 +24,6 @@ from utils.prune import (bn_gammas, check_not_empty, compact_model, global_thres
                          max_usable_percent, removed_groups, threshold_masks)
 
 SPARSITY_MODE = {'normal': 0, 'regular': 0, 'shortcut': 1, 'slim': 1, 'layer': 2, 'layer_channel': 1}
-
-
-def prune_parser(description, percent=None, shortcuts=None, layer_keep=None, channel_base=None):
-    """The flags every pruning script shares (upstream spellings) plus the method's own."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--cfg', default='', help='model cfg (default: the cfg stored in a .pt checkpoint)')
-    p.add_argument('--data', default='data/shapes.data', help='dataset .data file (valid= for mAP, train= for '
-                   'adaptive BN)')
-    p.add_argument('--weights', required=True, help='the sparsity-trained checkpoint (.pt) or Darknet .weights')
-    if percent is not None:
-        p.add_argument('--percent', type=float, default=percent,
-                       help='share of the candidate BN scales below the global threshold (default %(default)s)')
-    if layer_keep is not None:
-        p.add_argument('--layer_keep', '--layer-keep', type=float, default=layer_keep,
-                       help='each layer keeps at least this share of its channels (default %(default)s)')
-    if shortcuts is not None:
-        p.add_argument('--shortcuts', '--shortcut', type=int, default=shortcuts,
-                       help='residual blocks to remove (default %(default)s)')
-    if channel_base is not None:
-        p.add_argument('--channel-base', type=int, default=channel_base,
-                       help='kept channel counts are multiples of this (default %(default)s)')
-    p.add_argument('--img-size', '--img_size', type=int, default=256, help='evaluation and latency size')
-    p.add_argument('--batch-size', '--batch_size', type=int, default=16, help='evaluation batch size')
-    p.add_argument('--adapt-bn', type=int, default=256, metavar='N',
-                   help='re-estimate BN statistics on N training images before saving (0 = off)')
-    p.add_argument('--latency-reps', type=int, default=30, help='timed forwards per model (batch 1, median)')
-    p.add_argument('--out', default='', help='output folder (default: a new runs/prune/<method> folder)')
-    p.add_argument('--device', default='', help="'' (auto), cpu, 0")
-    p.add_argument('--workers', type=int, default=2)
-    return p
 
 
 class Stage:
@@ -318,9 +287,9 @@ def measure_latency(model_list, img_size, reps, device):
     return [1e3 * statistics.median(times[name]) for name in jobs]
 
 
-def main(script_doc, method, plan, argv=None, **parser_args):
-    """Entry point shared by the *_prune.py scripts: parse, plan, finish; user errors in one line."""
-    opt = prune_parser(script_doc, **parser_args).parse_args(argv)
+def run_plan(opt, method, plan):
+    """What every *_prune.py runs on its parsed flags (utils.prune_flags.prune_parser): load,
+    plan, finish; user errors in one line."""
     with user_errors(CfgError):
         run = PruneRun(opt, method)
         stages, amount = plan(run, opt)
