@@ -38,6 +38,11 @@ RECIPES = {  # name: (label, train.py / test.py quantization flags)
     'g4_fold_fpga': ('Google 4-bit + BN fold + FPGA (image and head convs at 8)',
                      ['--quantized', '1', '--BN_Fold', '--FPGA', '--a-bit', '4', '--w-bit', '4']),
     'dorefa8': ('DoReFa 8-bit', ['--quantized', '2']),
+    # the default 8-bit recipes keep weight codes in [-64, 64] (int8 kernels without VNNI): the
+    # cost of that, against the full range
+    'g8_full': ('Google 8-bit, full-range weights', ['--quantized', '1', '--full-range']),
+    'g8_fold_fpga_full': ('Google 8-bit + BN fold + FPGA, full-range weights',
+                          ['--quantized', '1', '--BN_Fold', '--FPGA', '--full-range']),
 }
 PTQ = {'base': ('float, not fine-tuned (reference of PTQ)', None),
        'ptq8': ('PTQ Google 8-bit (no training)', ['--quantized', '1']),

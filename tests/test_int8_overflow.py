@@ -267,3 +267,18 @@ def test_cpu_flags_decide_saturation(tmp_path):
         model, flags = cpu_flags(path)
         assert model == 'Test CPU 9000' and int8_kernels_saturate(flags) is saturates
     assert int8_kernels_saturate(frozenset({'neon', 'asimd'})) is False  # not x86
+
+
+def test_fpga_flag_implies_full_range_and_the_rest_is_safe():
+    """--FPGA trains full-range weights (an FPGA adds its own integer sums, and at 64 codes its
+    power-of-two scales cost accuracy); the other recipes are overflow-safe unless asked."""
+    from utils.quant import spec_from_opt
+    from utils.quant_flags import add_quant_args
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_quant_args(parser, train=True)
+    spec = lambda *flags: spec_from_opt(parser.parse_args(['--quantized', '1', *flags]))  # noqa: E731
+    assert spec().full_range is False and spec('--BN_Fold').full_range is False
+    assert spec('--BN_Fold', '--FPGA').full_range is True and spec('--full-range').full_range is True
+    with pytest.raises(ValueError, match='--full-range'):
+        spec_from_opt(parser.parse_args(['--full-range']))

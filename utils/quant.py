@@ -104,7 +104,7 @@ class QuantSpec:
         extras = ' + BN fold' * self.bn_fold + ' + FPGA (power-of-two scales)' * self.fpga
         if self.edge_bits > min(self.a_bits, self.w_bits):
             extras += f' (first and head convs at {self.edge_bits} bits)'
-        if self.full_range and self.scheme == 'google':
+        if self.full_range and self.scheme == 'google' and min(self.a_bits, self.w_bits) <= 8:
             extras += ' (full-range weights: int8 kernels without VNNI may saturate)'
         return f'{name} a{self.a_bits}/w{self.w_bits}{extras}'
 
@@ -460,7 +460,9 @@ def spec_from_opt(opt):
     return QuantSpec(SCHEMES[opt.quantized], a_bits=opt.a_bit or 8, w_bits=opt.w_bit or 8, bn_fold=opt.bn_fold,
                      fpga=opt.fpga, bn_freeze=getattr(opt, 'bn_freeze', 0.9),
                      edge_bits=8 if opt.edge_bits is None else opt.edge_bits,
-                     full_range=bool(getattr(opt, 'full_range', False)))
+                     # an FPGA computes its own integer sums: the range restriction would only cost it
+                     # accuracy (power-of-two scales at 64 codes), so --FPGA implies full range
+                     full_range=bool(getattr(opt, 'full_range', False)) or opt.fpga)
 
 
 def attach_quantization(trainer, spec):

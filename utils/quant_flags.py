@@ -21,9 +21,9 @@ def add_quant_args(parser, train=False):
                    help='bits of the first conv and the head convs when --a-bit/--w-bit are lower (default 8; '
                         '0 = every conv at --a-bit/--w-bit, as upstream)')
     g.add_argument('--full-range', action='store_true', default=None,
-                   help='8-bit weights use all codes [-127, 127] (FPGA or VNNI-only targets); by default a conv with '
-                        '8-bit activations keeps them in [-64, 64], so int8 kernels of CPUs without VNNI cannot '
-                        'saturate')
+                   help='8-bit weights use all codes [-127, 127] (VNNI-only targets; implied by --FPGA); by default '
+                        'a conv with 8-bit activations keeps them in [-64, 64], so int8 kernels of CPUs without VNNI '
+                        'cannot saturate')
     if train:
         g.add_argument('--bn-freeze', type=float, default=0.9,
                        help='--BN_Fold: fraction of the optimizer steps after which the fold uses running statistics')
