@@ -3,6 +3,7 @@ writer, and the Darknet .weights reader. Whatever the input, they either work or
 one clear error type (CfgError / ValueError); a cfg survives a write-read round trip; a
 .weights file loads only at exactly the size its cfg needs."""
 import io
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 import models
 from utils.parse_config import CfgError, cfg_to_text, layer_output_shapes, parse_cfg_text
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None,  # more: FUZZ_EXAMPLES=N
+                suppress_health_check=[HealthCheck.too_slow])
 ACTIVATIONS = ['leaky', 'linear', 'relu', 'mish', 'swish', 'logistic']
 
 
@@ -147,3 +149,16 @@ def test_weights_round_trip_is_byte_exact(tmp_path):
     assert models.darknet_weights_bytes(other) == blob
     assert np.frombuffer(io.BytesIO(blob).getbuffer()[20:], '<f4').size == sum(
         t.numel() for k, t in model.state_dict().items() if 'num_batches' not in k)
+
+
+def test_what_the_fuzzer_found_is_one_clear_line():
+    """Found by the mutation fuzzer: a [route] over maps of different sizes (a conv lost its
+    pad=1) raised CfgError without the file and line; [net] channels=-1 reached torch."""
+    route = ('[net]\nwidth=64\nheight=64\nchannels=3\n[convolutional]\nfilters=4\nsize=3\nstride=1\npad=1\n'
+             'activation=leaky\n[convolutional]\nfilters=4\nsize=3\nstride=1\nactivation=leaky\n[route]\n'
+             'layers=-1,-2\n[convolutional]\nsize=1\nstride=1\npad=1\nfilters=18\nactivation=linear\n[yolo]\n'
+             'mask=0,1,2\nanchors=8,8,16,16,24,24\nclasses=1\nnum=3\n')
+    with pytest.raises(CfgError, match=r'^fuzz\.cfg:17: \[route\] \(section 2\): layers=\[-1, -2\] join maps'):
+        parse_cfg_text(route, source='fuzz.cfg')
+    with pytest.raises(CfgError, match=r'^fuzz\.cfg:4: \[net\]: channels must be >= 1, got -1'):
+        parse_cfg_text(route.replace('channels=3', 'channels=-1'), source='fuzz.cfg')

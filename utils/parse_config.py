@@ -33,6 +33,15 @@ class CfgError(ValueError):
     """A malformed cfg; the message names the file, line and section index."""
 
 
+class JoinMismatch(CfgError):
+    """A [route]/[shortcut] joins maps of different spatial sizes (``section``: its index
+    without [net], ``key``: 'layers' or 'from')."""
+
+    def __init__(self, msg, section, key):
+        super().__init__(msg)
+        self.section, self.key = section, key
+
+
 # Activation names accepted in cfgs (aliases map to one canonical name in the builder).
 ACTIVATIONS = {'linear', 'leaky', 'relu', 'relu6', 'mish', 'swish', 'silu', 'logistic', 'sigmoid',
                'hardswish', 'h_swish', 'hard_swish', 'hardsigmoid', 'h_sigmoid', 'hard_sigmoid', 'tanh',
@@ -262,6 +271,11 @@ def validate_cfg(sections, source='<cfg>', lines_of=None):
             line = f':{lines.get(key, lines["["])}'
         raise CfgError(f'{source}{line}: [{defs[i]["type"]}] (section {i}): {msg}')
 
+    if offset:
+        for key in ('channels', 'width', 'height'):
+            if sections[0].get(key, 1) < 1:
+                line = f':{lines_of[0].get(key, lines_of[0]["["])}' if lines_of is not None else ''
+                raise CfgError(f'{source}{line}: [net]: {key} must be >= 1, got {sections[0][key]}')
     out_c = []
     for i, d in enumerate(defs):
         kind = d['type']
@@ -344,6 +358,13 @@ def validate_cfg(sections, source='<cfg>', lines_of=None):
         out_c.append(section_out_channels(d, i, out_c, channels))
     if not any(d['type'] == 'yolo' for d in defs):
         raise CfgError(f'{source}: no [yolo] section: this builder needs at least one detection head')
+    if offset:  # at the cfg's own input size (Darknet builds there); other sizes are checked at build
+        try:
+            layer_output_shapes(sections, sections[0]['height'], sections[0]['width'])
+        except JoinMismatch as e:
+            fail(e.section, e.key, str(e).split(': ', 1)[1])
+        except CfgError:  # an empty output at the declared size: --img-size decides, the builder checks it
+            pass
     return sections
 
 
@@ -392,14 +413,14 @@ def layer_output_shapes(sections, height, width):
         elif kind == 'route':
             refs = [shapes[_resolve(j, i)] for j in d['layers']]
             if len({r[1:] for r in refs}) > 1:
-                raise CfgError(f'[route] (section {i}): layers={d["layers"]} join maps of different sizes '
-                               f'{[r[1:] for r in refs]} at input {height}x{width}')
+                raise JoinMismatch(f'[route] (section {i}): layers={d["layers"]} join maps of different sizes '
+                                   f'{[r[1:] for r in refs]} at input {height}x{width}', i, 'layers')
             h, w = refs[0][1], refs[0][2]
         elif kind in ('shortcut', 'scale_channels'):
             refs = [shapes[_resolve(j, i)] for j in d['from']]
             if kind == 'shortcut' and any(r[1:] != (h, w) for r in refs):
-                raise CfgError(f'[shortcut] (section {i}): from={d["from"]} adds maps of size '
-                               f'{[r[1:] for r in refs]} to {(h, w)} at input {height}x{width}')
+                raise JoinMismatch(f'[shortcut] (section {i}): from={d["from"]} adds maps of size '
+                                   f'{[r[1:] for r in refs]} to {(h, w)} at input {height}x{width}', i, 'from')
             if kind == 'scale_channels':
                 h, w = refs[0][1:]
         c = section_out_channels(d, i, channels, net.get('channels', 3))
