@@ -14,13 +14,13 @@ stage: parameters, GFLOPs, mAP@0.5, mAP@0.5:0.95, file size, latency per runtime
 headline: the best compressed model in its fastest runtime against the float model in OpenCV
 DNN), --out/report.json and --out/accuracy_latency.png. The stages are the real command lines
 (train.py, *_prune.py, export.py, test.py; logs in --out/*.log and --out/deploy/*.log) through
-utils/pipeline.py; the work is utils/compress.py. Exports need requirements-export.txt.
+utils/compress/pipeline.py; the work is utils/compress/showcase.py. Exports need requirements-export.txt.
 """
 import argparse
 
 
 def parse_args(argv=None):
-    from utils.compress import BUDGETS, STAGES
+    from utils.compress.showcase import BUDGETS, STAGES
     quick, full = BUDGETS['quick'], BUDGETS['full']
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--quick', action='store_true', help='small budgets and one pruning plan (slim:0.76:k0.2)')
@@ -57,7 +57,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     opt = parse_args(argv)
-    from utils.compress import main as showcase
+    from utils.compress.showcase import main as showcase
     from utils.general import user_errors
     from utils.parse_config import CfgError
     with user_errors(CfgError):

@@ -35,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument('--augment', action='store_true', help='test-time augmentation')
     p.add_argument('--compile', action='store_true', help='torch.compile the model (faster after a slow start)')
     p.add_argument('--data', default='data/shapes.data', help='.data file whose train images --calib uses')
-    from utils.quant_flags import add_quant_args
+    from utils.compress.quant_flags import add_quant_args
     add_quant_args(p)
     return p.parse_args(argv)
 
@@ -53,7 +53,7 @@ def load_detector(opt, device):
     say, BN-fused and channels_last."""
     import models
     from utils.inference import load_inference_model, weights_kind
-    from utils.quant import spec_from_opt
+    from utils.compress.quant import spec_from_opt
     exported = weights_kind(opt.weights) == 'export'
     if exported and (opt.compile or opt.augment):  # fused and optimised at export
         raise ValueError(f'{opt.weights}: --compile/--augment apply to .pt/.weights models (an export is optimised '

@@ -3,7 +3,7 @@
     python3 export.py --weights runs/train/exp/weights/best.pt                      # -> best.onnx
     python3 export.py --weights best.pt --int8 --calib 200                          # -> best_int8.onnx (QDQ)
     python3 export.py --weights qat.pt                       # a quantization-aware checkpoint: its own QDQ
-    python3 export.py --weights best.pt --quantized 1 --calib 64        # fake-quant PTQ (utils/quant.py) as QDQ
+    python3 export.py --weights best.pt --quantized 1 --calib 64        # fake-quant PTQ (utils/compress/quant.py) as QDQ
     python3 export.py --weights best.pt --format openvino [--int8]                  # -> best[_int8]_openvino/
     python3 export.py --weights best.pt --format darknet                            # -> best.cfg + best.weights
     python3 export.py --weights qat.pt --format qparams [--reorder 16 16]           # -> qat_qparams.npz (integers)
@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument('--int8', action='store_true', help='static post-training INT8 (QDQ, per-channel weights)')
     p.add_argument('--data', default='data/shapes.data', help='.data file: calibration (train=) and check '
                    '(valid=) images')
-    from utils.quant_flags import add_quant_args
+    from utils.compress.quant_flags import add_quant_args
     add_quant_args(p)  # its --calib N also sets the --int8 calibration images (default 100)
     return p.parse_args(argv)
 

@@ -4,11 +4,11 @@ remaining tensor copied.
 
     python3 layer_prune.py --weights runs/train/exp2/weights/last.pt --shortcuts 4
 """
-from utils.prune_flags import prune_parser
+from utils.compress.prune_flags import prune_parser
 
 
 def plan(run, opt):
-    from utils.prune import select_blocks
+    from utils.compress.prune import select_blocks
     blocks = select_blocks(run.model, run.graph, opt.shortcuts)
     print(f'Removing the residual blocks that end at layers {[s for s, _ in blocks]}')
     return [run.stage('masked (closing gamma = 0)', drop_blocks=blocks, masked=True),
@@ -17,7 +17,7 @@ def plan(run, opt):
 
 def main(argv=None):
     opt = prune_parser(__doc__, shortcuts=2).parse_args(argv)
-    from utils import prune_run
+    from utils.compress import prune_run
     return prune_run.run_plan(opt, 'layer', plan)
 
 

@@ -54,7 +54,7 @@ def make_activation(name):
 
 class ConvBlock(nn.Sequential):
     """Conv2d -> [BatchNorm2d] -> activation. The ``Conv2d`` child may be replaced by any
-    module with the same call signature (a fused conv); utils.quant.QuantConvBlock is a
+    module with the same call signature (a fused conv); utils.compress.quant.QuantConvBlock is a
     ConvBlock whose BN belongs to its quantized weight (``fusable`` False)."""
 
     fusable = True
@@ -655,7 +655,7 @@ def load_weights(model, path, cutoff=-1, pretrain=False):
 # Checkpoint entries that describe a model other than the one its cfg builds (the state dict
 # holds that model's tensors). The module that writes such an entry registers how the model is
 # rebuilt from it: this module is what those modules build on, so it cannot import them.
-TRANSFORM_ENTRIES = ('quant',)  # 'quant': utils.quant (quantization-aware training)
+TRANSFORM_ENTRIES = ('quant',)  # 'quant': utils.compress.quant (quantization-aware training)
 CHECKPOINT_TRANSFORMS = {}
 
 

@@ -5,7 +5,7 @@
     python3 normal_prune.py --weights runs/train/exp2/weights/last.pt --percent 0.5
     python3 train.py --weights runs/prune/normal/<name>.pt            # fine-tune
 """
-from utils.prune_flags import prune_parser
+from utils.compress.prune_flags import prune_parser
 
 
 def plan(run, opt):
@@ -16,7 +16,7 @@ def plan(run, opt):
 
 def main(argv=None):
     opt = prune_parser(__doc__, percent=0.5).parse_args(argv)
-    from utils import prune_run
+    from utils.compress import prune_run
     return prune_run.run_plan(opt, 'normal', plan)
 
 

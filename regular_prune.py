@@ -4,11 +4,11 @@ keep none keeps --channel-base).
 
     python3 regular_prune.py --weights runs/train/exp2/weights/last.pt --percent 0.5 --channel-base 8
 """
-from utils.prune_flags import prune_parser
+from utils.compress.prune_flags import prune_parser
 
 
 def plan(run, opt):
-    from utils.prune import round_up_masks
+    from utils.compress.prune import round_up_masks
     if opt.channel_base < 1:
         raise ValueError(f'--channel-base must be >= 1, got {opt.channel_base}')
     removed = run.threshold_plan(mode=0, percent=opt.percent,
@@ -19,7 +19,7 @@ def plan(run, opt):
 
 def main(argv=None):
     opt = prune_parser(__doc__, percent=0.5, channel_base=8).parse_args(argv)
-    from utils import prune_run
+    from utils.compress import prune_run
     return prune_run.run_plan(opt, 'regular', plan)
 
 

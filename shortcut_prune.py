@@ -4,7 +4,7 @@ stage's first conv.
 
     python3 shortcut_prune.py --weights runs/train/exp2/weights/last.pt --percent 0.6
 """
-from utils.prune_flags import prune_parser
+from utils.compress.prune_flags import prune_parser
 
 
 def plan(run, opt):
@@ -15,7 +15,7 @@ def plan(run, opt):
 
 def main(argv=None):
     opt = prune_parser(__doc__, percent=0.6).parse_args(argv)
-    from utils import prune_run
+    from utils.compress import prune_run
     return prune_run.run_plan(opt, 'shortcut', plan)
 
 

@@ -4,11 +4,11 @@ of its convs' channels.
 
     python3 slim_prune.py --weights runs/train/exp2/weights/last.pt --percent 0.8 --layer_keep 0.01
 """
-from utils.prune_flags import prune_parser
+from utils.compress.prune_flags import prune_parser
 
 
 def plan(run, opt):
-    from utils.prune import min_keep_masks
+    from utils.compress.prune import min_keep_masks
     if not 0 <= opt.layer_keep <= 1:
         raise ValueError(f'--layer_keep must be in [0, 1], got {opt.layer_keep}')
     removed = run.threshold_plan(mode=1, percent=opt.percent, rule='any', strict=True,
@@ -19,7 +19,7 @@ def plan(run, opt):
 
 def main(argv=None):
     opt = prune_parser(__doc__, percent=0.8, layer_keep=0.01).parse_args(argv)
-    from utils import prune_run
+    from utils.compress import prune_run
     return prune_run.run_plan(opt, 'slim', plan)
 
 

@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--project', default='runs/test')
     p.add_argument('--name', default='exp')
-    from utils.quant_flags import add_quant_args
+    from utils.compress.quant_flags import add_quant_args
     add_quant_args(p)
     return p.parse_args(argv)
 
@@ -83,7 +83,7 @@ def run(opt):
     nc = 1 if opt.single_cls else int(data['classes'])
     names = read_names(data.get('names'), nc)
     from utils.inference import load_inference_model
-    from utils.quant import spec_from_opt
+    from utils.compress.quant import spec_from_opt
     model, _ = load_inference_model(opt.weights, opt.cfg, device, opt.img_size, quant=spec_from_opt(opt),
                                     calib=opt.calib, data=opt.data)
     square = opt.square or fixed_size_batches(model, opt, sizes)

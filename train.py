@@ -11,8 +11,8 @@
 
 Flags follow the 2020 upstream project (``--img-size min max test``, ``--accumulate`` via the
 nominal batch ``--nbs``, ``-pt``, ``-sr --s --prune``...). Features plug into the Trainer's hooks
-(``add_features``): sparsity (utils/sparsity.py), quantization (utils/quant.py),
-distillation (utils/distill.py).
+(``add_features``): sparsity (utils/compress/sparsity.py), quantization (utils/compress/quant.py),
+distillation (utils/compress/distill.py).
 """
 import argparse
 
@@ -62,7 +62,7 @@ def parse_args(argv=None):
     p.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under DDP (CUDA)')
     p.add_argument('--stop-after', type=int, default=None, help='train at most N epochs in this invocation '
                    '(time-boxed jobs; continue with --resume)')
-    sr = p.add_argument_group('BN-sparsity training (utils/sparsity.py)')
+    sr = p.add_argument_group('BN-sparsity training (utils/compress/sparsity.py)')
     sr.add_argument('-sr', '--sr', '--sparsity-regularization', dest='sr', action='store_true',
                     help='add s*sign(gamma) to the gradient of the BN scales that --prune may remove')
     sr.add_argument('--s', '--sr-lambda', dest='s', type=float, default=None,
@@ -75,7 +75,7 @@ def parse_args(argv=None):
     sr.add_argument('--sr-schedule', default=None, choices=['constant', 'step', 'cosine'],
                     help='lambda over the epochs: constant (default), step (0.1 x lambda from half the epochs), '
                          'cosine (lambda x (1 + cos(pi e / E)) / 2)')
-    kd = p.add_argument_group('knowledge distillation (utils/distill.py)')
+    kd = p.add_argument_group('knowledge distillation (utils/compress/distill.py)')
     kd.add_argument('--KDstr', '--kdstr', dest='KDstr', type=int, default=None, choices=[1, 2, 3, 4, 5],
                     help='strategy: 1 output KL, 2 obj/cls KL + boxes where the student is worse than the teacher, '
                          '3 obj/cls KL + box imitation, 4 = 3 + feature attention, 5 = 4 under the fine-grained mask')
@@ -83,7 +83,7 @@ def parse_args(argv=None):
                     help='teacher weights (.pt, or Darknet .weights with --t_cfg); same head layout as the student')
     kd.add_argument('--t_cfg', '--t-cfg', dest='t_cfg', default='',
                     help='teacher cfg (default: the cfg a .pt --t_weights carries)')
-    from utils.quant_flags import add_quant_args
+    from utils.compress.quant_flags import add_quant_args
     add_quant_args(p, train=True)
     opt = p.parse_args(argv)
     if opt.sr:
@@ -124,12 +124,12 @@ def add_features(trainer):
     """Register the hooks of the features the trainer's options turn on (before it builds its model)."""
     opt = trainer.opt
     if opt.sr:
-        from utils.sparsity import attach_sparsity
+        from utils.compress.sparsity import attach_sparsity
         attach_sparsity(trainer, s=opt.s, prune=opt.prune, schedule=opt.sr_schedule)
     if opt.KDstr:
-        from utils.distill import attach_distillation
+        from utils.compress.distill import attach_distillation
         attach_distillation(trainer, t_weights=opt.t_weights, strategy=opt.KDstr, t_cfg=opt.t_cfg)
-    from utils.quant import attach_quantization, spec_from_opt
+    from utils.compress.quant import attach_quantization, spec_from_opt
     spec = spec_from_opt(opt)
     if spec is not None:
         attach_quantization(trainer, spec)
@@ -147,7 +147,7 @@ def main(argv=None):
             opt = resume_options(opt, defaults=parse_args([]))
         else:
             from models import weights_checkpoint
-            from utils.quant import adopt_checkpoint_spec, spec_from_opt
+            from utils.compress.quant import adopt_checkpoint_spec, spec_from_opt
             spec_from_opt(opt)  # flag errors before any work
             start_ckpt = weights_checkpoint(opt.weights)  # read once: for its quantization and its weights
             adopt_checkpoint_spec(opt, start_ckpt)

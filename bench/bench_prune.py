@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.general import atomic_write_text, user_errors  # noqa: E402
 from utils.latency import cpu_info, cpu_text  # noqa: E402
-from utils.pipeline import DEFAULT_PLANS, ROOT, last_row, plan_name, prune, train  # noqa: E402  (shared stages)
+from utils.compress.pipeline import DEFAULT_PLANS, ROOT, last_row, plan_name, prune, train  # noqa: E402  (shared stages)
 
 
 def parse_args(argv=None):
@@ -87,7 +87,7 @@ def time_all(sparse, rows, args):
     per-script figures."""
     import torch
     import models
-    from utils.prune_run import measure_latency
+    from utils.compress.prune_run import measure_latency
     nets = [models.model_from_checkpoint(sparse)[0]] + [models.model_from_checkpoint(r['pt'])[0] for r in rows]
     print(f'Timing {len(nets)} models together ...', flush=True)
     ms = measure_latency([n.eval() for n in nets], args.img_size, args.latency_reps, torch.device('cpu'))

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from utils.general import atomic_write_text  # noqa: E402
 from utils.latency import cpu_info, cpu_text  # noqa: E402
-from utils.pipeline import ROOT, evaluate, export, qat_hyp, train  # noqa: E402  (one way to run and resume stages)
+from utils.compress.pipeline import ROOT, evaluate, export, qat_hyp, train  # noqa: E402  (one way to run and resume stages)
 
 RECIPES = {  # name: (label, train.py / test.py quantization flags)
     'float': ('float (fine-tuned, reference)', []),

@@ -439,7 +439,7 @@ print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])
 @pytest.mark.parametrize('script', ENTRY_SCRIPTS)
 def test_help_does_not_import_torch(script):
     """--help is instant and works before torch is installed: parsers are built from torch-free
-    modules (utils/quant_flags.py, utils/prune_flags.py), the work imports torch after parsing."""
+    modules (utils/compress/quant_flags.py, utils/compress/prune_flags.py), the work imports torch after parsing."""
     assert (ROOT / script).is_file()
     r = subprocess.run([sys.executable, '-c', HELP_PROBE.replace('SCRIPT', repr(script))], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""compress.py (utils/compress.py on utils/pipeline.py): budgets and one-line errors, the report,
+"""compress.py (utils/compress/showcase.py on utils/compress/pipeline.py): budgets and one-line errors, the report,
 headline and plot written from stage records, and a real tiny run up to fine-tuning that
 reports a distillation stage which cannot run and goes on, then resumes without rerunning
 anything. (The export, test and benchmark stages take minutes even on tiny data: see README
@@ -14,8 +14,8 @@ import compress
 import models
 from darknet_ref import randomize
 from test_train import tiny_data  # noqa: F401  (a fixture)
-from utils import compress as showcase
-from utils.pipeline import DEFAULT_PLANS
+from utils.compress import showcase as showcase
+from utils.compress.pipeline import DEFAULT_PLANS
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG = 128

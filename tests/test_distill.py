@@ -1,4 +1,4 @@
-"""Knowledge distillation (train.py --t_weights --KDstr 1..5, utils/distill.py): each strategy's
+"""Knowledge distillation (train.py --t_weights --KDstr 1..5, utils/compress/distill.py): each strategy's
 loss is 0 for a student equal to its teacher and positive otherwise, its gradient reaches the
 student (and its adapters) but never the teacher; the fine-grained mask by hand; 2-epoch runs
 writing the KD columns (and resuming with them); a layer-pruned student; DDP against one
@@ -18,12 +18,12 @@ import torch
 import models
 import train
 from test_train import NO_AUG, hyp_file, tiny_data  # noqa: F401  (tiny_data is a fixture)
-from utils.distill import (ADAPTERS, WEIGHTS, Distiller, check_head_layout, feature_mask, fine_grained_masks,
+from utils.compress.distill import (ADAPTERS, WEIGHTS, Distiller, check_head_layout, feature_mask, fine_grained_masks,
                            pair_features, stage_outputs)
-from utils.layer_graph import LayerGraph
+from utils.compress.layer_graph import LayerGraph
 from utils.loss import YOLOLoss
 from utils.parse_config import load_hyp, parse_cfg, rewrite_head
-from utils.prune import compact_model
+from utils.compress.prune import compact_model
 from utils.results import RESULT_FIELDS
 from utils.trainer import Trainer, resume_options
 

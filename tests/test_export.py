@@ -24,7 +24,7 @@ import models
 from darknet_ref import opencv_outputs, our_outputs_like_opencv, randomize
 from utils import export as ex
 from utils.backends import OnnxRuntimeModel, OpenVinoModel
-from utils.quant import safe_weight_code_max
+from utils.compress.quant import safe_weight_code_max
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = 'cfg/yolov3-mini-shapes.cfg'  # the default model
@@ -224,11 +224,11 @@ def test_fake_quant_ops_export_as_qdq(act_range, weight_range):
 
 
 def test_quantization_aware_checkpoint_exports_its_own_scales(ckpt, tiny_data, tmp_path):
-    """A quantization-aware checkpoint (utils.quant: 4-bit, BN fold, power-of-two scales, the
+    """A quantization-aware checkpoint (utils.compress.quant: 4-bit, BN fold, power-of-two scales, the
     observers' ranges in its state dict) exports as QDQ with no flags, carrying the model's
     own activation scales; with power-of-two scales ONNX Runtime's arithmetic is exact, so it
     equals PyTorch's fake quantization to float rounding."""
-    from utils.quant import ActQuant, QuantSpec, calibrate, quantize_model
+    from utils.compress.quant import ActQuant, QuantSpec, calibrate, quantize_model
     spec = QuantSpec('google', a_bits=4, w_bits=4, bn_fold=True, fpga=True)
     model = quantize_model(models.model_from_checkpoint(ckpt, img_size=IMG)[0], spec)
     calibrate(model.eval(), [torch.from_numpy(ex.dataset_images(train_list(tiny_data), IMG, 4))], 4)

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 import models
-from utils.quant import QuantSpec, calibrate, quantize_model, spec_of
+from utils.compress.quant import QuantSpec, calibrate, quantize_model, spec_of
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / 'cfg' / 'yolov3-tiny-shapes.cfg'
 
 
 def project_modules():
-    """module name -> path: the entry scripts, models.py and utils/*.py."""
-    files = sorted(ROOT.glob('*.py')) + sorted((ROOT / 'utils').glob('*.py'))
-    return {(f'utils.{p.stem}' if p.parent.name == 'utils' else p.stem): p for p in files if p.stem != '__init__'}
+    """module name -> path: the entry scripts, models.py and every module under utils/."""
+    files = sorted(ROOT.glob('*.py')) + sorted((ROOT / 'utils').rglob('*.py'))
+    return {'.'.join(p.relative_to(ROOT).with_suffix('').parts): p for p in files if p.stem != '__init__'}
 
 
 def imported_names(path):
@@ -72,20 +72,20 @@ def test_the_cycle_finder_finds_what_it_looks_for():
     assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': set()}) == ['a', 'b', 'c', 'a']
     assert find_cycle({'a': {'b'}, 'b': set()}) is None
     src = ROOT / 'tests' / 'test_imports.py'
-    assert {'models', 'utils.quant', 'utils.quant.QuantSpec'} <= imported_names(src)
+    assert {'models', 'utils.compress.quant', 'utils.compress.quant.QuantSpec'} <= imported_names(src)
 
 
 def test_the_project_has_no_import_circle():
     graph = import_graph()
-    assert {'models', 'train', 'test', 'utils.quant', 'utils.trainer'} <= set(graph)
-    assert 'models' in graph['utils.quant'] and 'utils.prune_run' in graph['normal_prune']
+    assert {'models', 'train', 'test', 'utils.compress.quant', 'utils.trainer'} <= set(graph)
+    assert 'models' in graph['utils.compress.quant'] and 'utils.compress.prune_run' in graph['normal_prune']
     cycle = find_cycle(graph)
     assert cycle is None, 'import circle: ' + ' -> '.join(cycle)
 
 
 def test_the_model_builder_imports_no_quantization():
     names = imported_names(ROOT / 'models.py')
-    assert not {n for n in names if n == 'utils.quant' or n.startswith('utils.quant.')}, names
+    assert not {n for n in names if n == 'utils.compress.quant' or n.startswith('utils.compress.quant.')}, names
 
 
 @pytest.fixture(scope='module')

@@ -13,7 +13,7 @@ import test as test_script
 from test_imports import import_graph
 from utils.backends import ExportedModel
 from utils.inference import load_inference_model, weights_kind
-from utils.quant import QuantSpec, spec_of
+from utils.compress.quant import QuantSpec, spec_of
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / 'cfg' / 'yolov3-tiny-shapes.cfg'

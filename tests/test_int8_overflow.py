@@ -30,7 +30,7 @@ from darknet_ref import randomize
 from utils import backends
 from utils import export as ex
 from utils.general import cpu_flags, int8_kernels_saturate
-from utils.quant import QuantConvBlock, QuantSpec, calibrate, quantize_model, safe_weight_code_max
+from utils.compress.quant import QuantConvBlock, QuantSpec, calibrate, quantize_model, safe_weight_code_max
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = 'cfg/yolov3-mini-shapes.cfg'
@@ -272,8 +272,8 @@ def test_cpu_flags_decide_saturation(tmp_path):
 def test_fpga_flag_implies_full_range_and_the_rest_is_safe():
     """--FPGA trains full-range weights (an FPGA adds its own integer sums, and at 64 codes its
     power-of-two scales cost accuracy); the other recipes are overflow-safe unless asked."""
-    from utils.quant import spec_from_opt
-    from utils.quant_flags import add_quant_args
+    from utils.compress.quant import spec_from_opt
+    from utils.compress.quant_flags import add_quant_args
     import argparse
     parser = argparse.ArgumentParser()
     add_quant_args(parser, train=True)

@@ -133,7 +133,7 @@ def test_cpu_info_parses_proc_cpuinfo():
 
 def test_summaries_carry_what_the_reports_read():
     import bench.run as bench_run
-    from utils.compress import deployment_lines
+    from utils.compress.showcase import deployment_lines
     jobs = {'OpenCV DNN': Job('test_latency:sleeper', {'seconds': 0.002}, 1, SHAPE),
             'ORT FP32': Job('test_latency:sleeper', {'seconds': 0.001}, 1, SHAPE)}
     times = time_per_process(jobs, runs=3, gap=0)
@@ -164,7 +164,7 @@ def test_prune_latency_is_a_per_process_run(monkeypatch):
     import torch
 
     import models
-    from utils import prune_run
+    from utils.compress import prune_run
     seen = {}
 
     def spy(jobs, runs, **kw):

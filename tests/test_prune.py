@@ -10,9 +10,9 @@ import torch
 
 import models
 from darknet_ref import opencv_copy, opencv_outputs, our_outputs_like_opencv, randomize
-from utils.layer_graph import LayerGraph
+from utils.compress.layer_graph import LayerGraph
 from utils.parse_config import parse_cfg, parse_cfg_text
-from utils.prune import (bn_gammas, compact_model, global_threshold, layer_candidates, layer_keep_masks,
+from utils.compress.prune import (bn_gammas, compact_model, global_threshold, layer_candidates, layer_keep_masks,
                          masked_model, min_keep_masks, removed_groups, round_up_masks, select_blocks,
                          threshold_masks)
 

@@ -21,9 +21,9 @@ import shortcut_prune
 import slim_prune
 import train
 from darknet_ref import randomize
-from utils import prune_run
-from utils.layer_graph import LayerGraph
-from utils.prune import (bn_gammas, compact_model, global_threshold, layer_keep_masks, removed_groups,
+from utils.compress import prune_run
+from utils.compress.layer_graph import LayerGraph
+from utils.compress.prune import (bn_gammas, compact_model, global_threshold, layer_keep_masks, removed_groups,
                          threshold_masks)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Quantization (utils/quant.py): the quantizers by hand, BN folding against conv + BN, the
+"""Quantization (utils/compress/quant.py): the quantizers by hand, BN folding against conv + BN, the
 observers' life cycle, and QAT / PTQ runs through train.py and test.py."""
 import copy
 import json
@@ -14,9 +14,9 @@ import models
 import test as test_script
 import train
 from test_train import NO_AUG, hyp_file, run_train, tiny_data  # noqa: F401  (tiny_data is a fixture)
-from utils.int_forward import int_forward
-from utils.qparams import export_qparams, head_step_bounds, reorder_tiles, save_qparams
-from utils.quant import (ActQuant, QuantConvBlock, QuantSpec, calibrate, fake_quant_dorefa_weight, fake_quant_weight,
+from utils.compress.int_forward import int_forward
+from utils.compress.qparams import export_qparams, head_step_bounds, reorder_tiles, save_qparams
+from utils.compress.quant import (ActQuant, QuantConvBlock, QuantSpec, calibrate, fake_quant_dorefa_weight, fake_quant_weight,
                          quant_blocks, quantize_as_requested, quantize_model, spec_of, weight_qparams)
 
 TINY = 'cfg/yolov3-tiny-shapes.cfg'

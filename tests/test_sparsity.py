@@ -16,8 +16,8 @@ import torch
 import models
 import train
 from test_train import NO_AUG, hyp_file, tiny_data  # noqa: F401  (tiny_data is a fixture)
-from utils.layer_graph import LayerGraph
-from utils.sparsity import SPARSE_THRESHOLD, add_l1_subgradient_, attach_sparsity, penalised_layers, scheduled_lambda
+from utils.compress.layer_graph import LayerGraph
+from utils.compress.sparsity import SPARSE_THRESHOLD, add_l1_subgradient_, attach_sparsity, penalised_layers, scheduled_lambda
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = 'cfg/yolov3-tiny-shapes.cfg'

@@ -131,7 +131,7 @@ def test_hyp_keys_documented_and_misspellings_warned(tmp_path):
     import re
     import warnings
     from utils.parse_config import load_hyp
-    sources = [ROOT / 'train.py', ROOT / 'models.py', *(ROOT / 'utils').glob('*.py')]
+    sources = [ROOT / 'train.py', ROOT / 'models.py', *(ROOT / 'utils').rglob('*.py')]
     read = {m for f in sources for m in re.findall(r"hyp(?:\.get\(|\[)'(\w+)'", f.read_text())}
     documented = set(yaml.safe_load((ROOT / 'data' / 'hyp.yaml').read_text()))
     assert read == documented, (read - documented, documented - read)

@@ -117,7 +117,7 @@ def fake_quant_symbolics(opset):
     def per_channel(g, x, scale, zero_point, axis, qmin, qmax):
         return _fake_quant_nodes(g, x, scale, zero_point, qmin, qmax, axis)
 
-    def exp2(g, x):  # power-of-two scales (utils.quant's FPGA mode); no built-in translation
+    def exp2(g, x):  # power-of-two scales (utils.compress.quant's FPGA mode); no built-in translation
         return g.op('Pow', g.op('Constant', value_t=torch.tensor(2.0)), x)
 
     ops = {'aten::fake_quantize_per_tensor_affine': per_tensor,
@@ -555,7 +555,7 @@ def load_source_model(opt, device):
     """(eval model, checkpoint entries) through utils.inference.load_inference_model: float, or
     quantization-aware (from a QAT checkpoint, or float quantized by --quantized and calibrated
     by --calib). Exported files and --int8 on a quantized model are refused."""
-    from utils.quant import spec_from_opt, spec_of
+    from utils.compress.quant import spec_from_opt, spec_of
     requested = spec_from_opt(opt)
     if opt.int8 and requested is not None:
         raise ValueError('--int8 (ONNX Runtime post-training INT8) and --quantized (the model\'s own fake '
@@ -605,7 +605,7 @@ def run(opt):
     if opt.format == 'qparams':
         return export_and_check_qparams(model, paths[0], images, getattr(opt, 'reorder', None))
     if opt.format == 'darknet':
-        from utils.quant import spec_of
+        from utils.compress.quant import spec_of
         if spec_of(model) is not None:
             raise ValueError(f'{opt.weights} is quantization-aware and Darknet files are float: export it as onnx or '
                              f'openvino (QDQ with its own scales)')
@@ -614,9 +614,9 @@ def run(opt):
 
 
 def export_and_check_qparams(model, path, images, reorder=None):
-    """Integer weights, biases, scales and zero points (utils/qparams.py), checked by running
-    the NumPy integer forward (utils/int_forward.py) against the fake-quant model."""
-    from utils.qparams import check_int_forward, save_qparams
+    """Integer weights, biases, scales and zero points (utils/compress/qparams.py), checked by running
+    the NumPy integer forward (utils/compress/int_forward.py) against the fake-quant model."""
+    from utils.compress.qparams import check_int_forward, save_qparams
     params = save_qparams(model, path, reorder)
     print(f'wrote {path} ({sum(k.endswith("_w") for k in params)} quantized convs)')
     results = check_int_forward(model, params, images)
@@ -658,7 +658,7 @@ def export_and_check_graph(opt, model, entries, data, out, images, device):
     live in a temporary folder."""
     import onnx
 
-    from utils.quant import spec_of
+    from utils.compress.quant import spec_of
     model.fuse()  # as test.py evaluates it; BN must be folded before per-channel weight quantization
     example = torch.from_numpy(images[:opt.batch_size]).to(device)
     with torch.no_grad():

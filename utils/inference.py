@@ -14,7 +14,7 @@ from pathlib import Path
 
 import models
 from utils.backends import is_exported, load_exported
-from utils.quant import prepare_for_inference, quantize_as_requested
+from utils.compress.quant import prepare_for_inference, quantize_as_requested
 
 
 def weights_kind(weights, exported=True):
@@ -50,9 +50,9 @@ def load_inference_model(weights, cfg='', device='cpu', img_size=416, quant=None
       ``calib`` are an error; entries: {'names': ...} from its metadata, when it has them.
     * a ``.pt`` checkpoint (built from its own cfg unless ``cfg``), Darknet ``.weights`` with
       ``cfg``, or none (``cfg`` with random weights): models.load_model (a quantization-aware
-      checkpoint rebuilds its quantized model), quantized as ``quant`` (a utils.quant.QuantSpec
+      checkpoint rebuilds its quantized model), quantized as ``quant`` (a utils.compress.quant.QuantSpec
       from the flags) asks, its activation ranges calibrated on ``calib`` training images of
-      the .data file ``data`` at ``img_size`` (utils.quant.prepare_for_inference); entries:
+      the .data file ``data`` at ``img_size`` (utils.compress.quant.prepare_for_inference); entries:
       the checkpoint's without its state dict ({} for Darknet weights).
     """
     weights = str(weights or '')

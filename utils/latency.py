@@ -83,7 +83,7 @@ def torch_file_runner(pt, img_size, threads, fused=True, compile=False, device='
     import torch
 
     import models
-    import utils.quant  # noqa: F401  (registers how a quantization-aware checkpoint is rebuilt)
+    import utils.compress.quant  # noqa: F401  (registers how a quantization-aware checkpoint is rebuilt)
     torch.set_num_threads(threads)
     model = models.model_from_checkpoint(pt, img_size)[0].eval()
     if fused or compile:

@@ -4,7 +4,7 @@ a (pruned) student of the same head layout.
     python3 train.py --weights pruned.pt --t_weights base.pt --KDstr 5     # .pt carries its cfg
     python3 train.py --weights pruned.pt --t_cfg T.cfg --t_weights T.weights --KDstr 3
 
-    from utils.distill import attach_distillation
+    from utils.compress.distill import attach_distillation
     attach_distillation(trainer, t_weights='base.pt', strategy=5)          # before trainer.train()
 
 The teacher is loaded once (``model_transforms``), BN folded into its convs, frozen, in eval
@@ -56,7 +56,7 @@ import torch.nn as nn
 
 import models
 from models import unwrap
-from utils.layer_graph import LayerGraph
+from utils.compress.layer_graph import LayerGraph
 from utils.parse_config import layer_output_shapes
 
 __all__ = ['STRATEGIES', 'TEMPERATURE', 'PSI', 'WEIGHTS', 'Distiller', 'attach_distillation', 'load_teacher',

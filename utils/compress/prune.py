@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 import models
-from utils.layer_graph import IMAGE, LayerGraph
-from utils.sparsity import bn_scales
+from utils.compress.layer_graph import IMAGE, LayerGraph
+from utils.compress.sparsity import bn_scales
 
 __all__ = ['bn_gammas', 'global_threshold', 'threshold_masks', 'round_up_masks', 'min_keep_masks',
            'removed_groups', 'layer_keep_masks', 'check_not_empty', 'max_usable_percent', 'masked_model',

@@ -1,4 +1,4 @@
-"""The flags of the *_prune.py scripts. Kept apart from utils/prune_run.py, which needs torch:
+"""The flags of the *_prune.py scripts. Kept apart from utils/compress/prune_run.py, which needs torch:
 building a parser (``--help``) must not import it."""
 import argparse
 

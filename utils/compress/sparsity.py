@@ -3,7 +3,7 @@ pruning method may remove, so that training drives the unneeded channels towards
 
     python3 train.py --weights base.pt -sr --s 0.001 --prune 0 [--sr-schedule constant|step|cosine]
 
-    from utils.sparsity import attach_sparsity
+    from utils.compress.sparsity import attach_sparsity
     attach_sparsity(trainer, s=0.001, prune=0, schedule='constant')   # before trainer.train()
 
 Once per optimizer step, on the accumulated, unscaled gradients (a ``Trainer.grad_hooks``
@@ -16,7 +16,7 @@ K x lambda (and under AMP it was divided by the loss scale): here ``--s`` means 
 optimizer step whatever the accumulation; pass K x upstream's value to reproduce an
 accumulating upstream run.
 
-The penalised layers are ``LayerGraph(cfg).prune_set(prune)`` (utils/layer_graph.py): the BN
+The penalised layers are ``LayerGraph(cfg).prune_set(prune)`` (utils/compress/layer_graph.py): the BN
 convs that the pruners of that mode may cut (0 = normal/regular, 1 = shortcut/slim/
 layer-channel, 2 = layer pruning). BN gammas are in the no-weight-decay group, so only the
 penalty shrinks them.
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from models import unwrap
-from utils.layer_graph import LayerGraph
+from utils.compress.layer_graph import LayerGraph
 
 __all__ = ['SCHEDULES', 'PRUNE_MODES', 'SPARSE_THRESHOLD', 'BNSparsity', 'attach_sparsity', 'penalised_layers',
            'bn_scales', 'add_l1_subgradient_', 'scheduled_lambda', 'gamma_stats']

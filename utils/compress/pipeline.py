@@ -3,7 +3,7 @@ scripts, test.py, export.py) into one output folder: each stage lands in ``out/<
 its log in ``out/<name>.log``, and a stage whose output is complete is skipped, so an
 interrupted pipeline continues where it stopped (an interrupted training run continues from
 its last.pt with ``train.py --resume``). Used by bench/bench_prune.py, bench/bench_quant.py
-and compress.py (utils/compress.py).
+and compress.py (utils/compress/showcase.py).
 
 Every function takes ``args`` with the common options: ``data``, ``img_size``, ``workers``
 (and ``lr_factor`` for ``qat_hyp``).
@@ -19,7 +19,7 @@ import yaml
 
 from utils.general import atomic_write_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = {'normal': 'normal_prune.py', 'regular': 'regular_prune.py', 'shortcut': 'shortcut_prune.py',
            'slim': 'slim_prune.py', 'layer': 'layer_prune.py', 'layer_channel': 'layer_channel_prune.py'}
 # normal and shortcut pruning stop where a layer would lose every channel (0.56 on the sparse

@@ -3,7 +3,7 @@ pruning -> fine-tuning with and without distillation -> QAT -> exports -> mAP of
 exported file -> one latency run (a process per file) -> report.md, report.json and an
 accuracy-versus-latency plot in --out.
 
-Every stage runs the project's real command lines through utils/pipeline.py (the stages
+Every stage runs the project's real command lines through utils/compress/pipeline.py (the stages
 bench/bench_prune.py and bench/bench_quant.py use), so a stage whose outputs exist is skipped
 and an interrupted showcase continues where it stopped; the report is rewritten after every
 stage from what the stage folders hold. The latency run times every file in its own process
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from utils.general import atomic_write_text
-from utils.pipeline import (DEFAULT_PLANS, ROOT, StageFailed, evaluate, export, parse_plan, plan_name, prune,
+from utils.compress.pipeline import (DEFAULT_PLANS, ROOT, StageFailed, evaluate, export, parse_plan, plan_name, prune,
                             qat_hyp, train)
 
 QUICK_PLANS = ['slim:0.76:k0.2']  # 80% of the parameters go; fine-tunes back to the baseline's mAP
@@ -140,7 +140,7 @@ class Showcase:
         """Parameters, GFLOPs at --img-size, file MB and saved epoch of a checkpoint (cached)."""
         if pt not in self._info:
             import models
-            import utils.quant  # noqa: F401  (registers how a quantization-aware checkpoint is rebuilt)
+            import utils.compress.quant  # noqa: F401  (registers how a quantization-aware checkpoint is rebuilt)
             model, ckpt = models.model_from_checkpoint(pt, self.args.img_size)
             self._info[pt] = {'params': models.count_parameters(model)[0],
                               'gflops': models.layer_flops(model, self.args.img_size)[1] / 1e9,

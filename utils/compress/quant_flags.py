@@ -1,12 +1,12 @@
 """The quantization flags of train.py, test.py, detect.py and export.py. Kept apart from
-utils/quant.py, which needs torch: building a parser (``--help``) must not import it."""
+utils/compress/quant.py, which needs torch: building a parser (``--help``) must not import it."""
 
 BITS = (2, 4, 8, 16, 32)
 SCHEMES = {1: 'google', 2: 'dorefa'}  # --quantized N
 
 
 def add_quant_args(parser, train=False):
-    g = parser.add_argument_group('quantization (utils/quant.py)')
+    g = parser.add_argument_group('quantization (utils/compress/quant.py)')
     g.add_argument('--quantized', type=int, default=None, choices=[0, *SCHEMES],
                    help='0 float, 1 Google/TFLite fake quantization, 2 DoReFa (default: what the checkpoint says)')
     g.add_argument('--a-bit', '--a_bit', dest='a_bit', type=int, default=None, choices=BITS,

@@ -1,6 +1,6 @@
 """Integer export of a quantized model (``export.py --format qparams``): per quantized conv,
 its integer weights and bias, scales and zero points, as one ``.npz`` that
-``utils/int_forward.py`` (pure NumPy) runs and an FPGA/C engineer checks hardware against.
+``utils/compress/int_forward.py`` (pure NumPy) runs and an FPGA/C engineer checks hardware against.
 
 Layout (``L`` = the layer index, zero-padded to 3 digits; README "Integer export"):
   cfg               the model's cfg text (the graph: routes, shortcuts, pools, heads)
@@ -22,7 +22,7 @@ import json
 import numpy as np
 import torch
 
-from utils.quant import ActQuant, dorefa_weight_codes, quant_blocks, spec_of, weight_qparams
+from utils.compress.quant import ActQuant, dorefa_weight_codes, quant_blocks, spec_of, weight_qparams
 
 INT_DTYPES = {2: np.int8, 4: np.int8, 8: np.int8, 16: np.int16, 32: np.int32}
 
@@ -123,7 +123,7 @@ def head_step_bounds(params, model):
 def check_int_forward(model, params, images):
     """Run the NumPy integer forward and the fake-quant model on ``images`` (float [B,3,H,W]
     in [0, 1]); returns [(max |difference|, tolerance)] per head. FPGA models must be exact."""
-    from utils.int_forward import int_forward
+    from utils.compress.int_forward import int_forward
     device = next(model.parameters()).device
     raw = model.eval()(torch.as_tensor(images, device=device))[1]
     heads = int_forward(params, np.asarray(images, np.float32))

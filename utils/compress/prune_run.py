@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 import models
 from utils.general import atomic_write_text, increment_path, user_errors
-from utils.layer_graph import LayerGraph
+from utils.compress.layer_graph import LayerGraph
 from utils.parse_config import CfgError, parse_data_cfg, read_names, write_cfg
-from utils.prune import (bn_gammas, check_not_empty, compact_model, global_threshold, masked_model,
+from utils.compress.prune import (bn_gammas, check_not_empty, compact_model, global_threshold, masked_model,
                          max_usable_percent, removed_groups, threshold_masks)
 
 SPARSITY_MODE = {'normal': 0, 'regular': 0, 'shortcut': 1, 'slim': 1, 'layer': 2, 'layer_channel': 1}
@@ -42,7 +42,7 @@ class PruneRun:
         from utils.datasets import resolve_data
         opt.data = resolve_data(opt.data)
         self.data = parse_data_cfg(opt.data, required=('valid', 'classes', 'train'))  # mAP; adaptive BN
-        import utils.quant  # noqa: F401  (registers how a quantization-aware checkpoint is rebuilt)
+        import utils.compress.quant  # noqa: F401  (registers how a quantization-aware checkpoint is rebuilt)
         self.model, self.ckpt_info = models.load_model(opt.cfg, opt.weights, opt.img_size, self.device)
         if self.model.nc != int(self.data['classes']):
             raise ValueError(f'the model has {self.model.nc} classes, {opt.data} has {self.data["classes"]}')
@@ -288,7 +288,7 @@ def measure_latency(model_list, img_size, reps, device):
 
 
 def run_plan(opt, method, plan):
-    """What every *_prune.py runs on its parsed flags (utils.prune_flags.prune_parser): load,
+    """What every *_prune.py runs on its parsed flags (utils.compress.prune_flags.prune_parser): load,
     plan, finish; user errors in one line."""
     with user_errors(CfgError):
         run = PruneRun(opt, method)

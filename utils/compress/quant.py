@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import ConvBlock, register_checkpoint_transform
-from utils.quant_flags import BITS, SCHEMES
+from utils.compress.quant_flags import BITS, SCHEMES
 
 INT16_MAX = 32767  # vpmaddubsw's pair sums saturate here
 EMA_MOMENTUM = 0.1  # activation observer: range <- 0.9 range + 0.1 batch range (first batch copied)
