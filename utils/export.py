@@ -681,7 +681,7 @@ def export_and_check_graph(opt, model, entries, data, out, images, device):
             print(f'INT8: calibrated on {len(calib)} training images; head convs kept float: {", ".join(heads)}')
             meta['precision'] = 'int8'
         quantized = meta['precision'] != 'fp32'
-        if quantized and check_int8_overflow(onnx.load(str(final_onnx)), final_onnx.name):
+        if quantized and check_int8_overflow(onnx.load(str(final_onnx)), Path(out).name):
             meta['int8_needs_vnni'] = True
             update_metadata_file(final_onnx, int8_needs_vnni=True)
         if opt.format == 'onnx':
