@@ -23,6 +23,8 @@ import models  # noqa: E402
 
 
 def find_cfg(name):
+    if name.endswith('.cfg') and Path(name).is_file():  # a cfg written elsewhere, e.g. bench/pruned_yolov3_cfg.py
+        return Path(name)
     for folder in (ROOT / 'cfg', ROOT / 'tests' / 'data' / 'darknet-cfg'):
         if (folder / f'{name}.cfg').is_file():
             return folder / f'{name}.cfg'

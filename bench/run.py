@@ -19,6 +19,7 @@ numbers (the ratios less).
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -50,10 +51,13 @@ def parse_args(argv=None):
     ap.add_argument('--runs', type=int, default=15, help='timed rounds per model and batch')
     ap.add_argument('--batch', '--batches', dest='batches', type=int, nargs='+', default=[1, 8])
     ap.add_argument('--models', nargs='+', default=None, metavar='NAME:SIZE',
-                    help='cfg names (cfg/ or tests/data/darknet-cfg/) and sizes instead of the built-in list')
+                    help='cfg names (cfg/ or tests/data/darknet-cfg/) or .cfg paths and sizes instead of the '
+                         'built-in list')
     ap.add_argument('--extra', nargs='*', default=[], help='checkpoints (.pt) to add, at 256 px')
     ap.add_argument('--compile', action='store_true', help='add torch.compile (tens of seconds per model/shape)')
     ap.add_argument('--out', default=str(ROOT / 'bench' / 'results'), help='results path without suffix')
+    ap.add_argument('--readme', metavar='JSON',
+                    help="print the README's batch-1 tables from a results .json; no timing")
     opt = ap.parse_args(argv)
     if opt.quick:
         opt.runs, opt.batches = min(opt.runs, 5), [1]
@@ -148,6 +152,14 @@ def cell(s):
     return f'{s["median_ms"]:.1f} [{s["p10_ms"]:.1f}-{s["p90_ms"]:.1f}]{ratio}'
 
 
+def load_text(meta):
+    load = meta.get('load_average') or [None, None]
+    if None in load:
+        return ''
+    return (f' 1-minute load average {load[0]:.2f} at the start, {load[1]:.2f} at the end (other processes on '
+            'the machine change the absolute numbers; the interleaved rounds make them hit every runtime alike).')
+
+
 def markdown(results, meta):
     """results.md: a latency table per batch and thread count, then per batch the achieved
     GFLOP/s at the most threads and the speed-up of the most threads over the fewest."""
@@ -158,7 +170,7 @@ def markdown(results, meta):
              f'own process: warm-up, then {meta["runs"]} rounds in which the processes take turns one at a time; '
              'median ms (10th-90th percentile), ratio to OpenCV DNN at the same batch and threads in brackets. '
              f'INT8: static QDQ (convs only, head convs and decode float), calibrated on {CALIB_IMAGES} built-in '
-             'images.', '']
+             'images.' + load_text(meta), '']
     runtimes = [r for r in RUNTIMES if any(r in by_rt for m in results for by_t in m['batches'].values()
                                            for by_rt in by_t.values())]
     most, fewest = max(meta['threads']), min(meta['threads'])
@@ -190,6 +202,35 @@ def markdown(results, meta):
     return '\n'.join(lines)
 
 
+def readme_tables(results, meta, batch=1):
+    """The README's tables: per thread count, median ms (ratio to OpenCV DNN) of every runtime."""
+    runtimes = [r for r in RUNTIMES if any(r in by_rt for m in results for by_rt in m['batches'].get(
+        str(batch), m['batches'].get(batch, {})).values())]
+    lines = []
+    for t in meta['threads']:
+        lines += [f'Batch {batch}, {plural(t, "thread")}:', '', '| model | GFLOPs | ' + ' | '.join(runtimes) + ' |',
+                  '|---|---|' + '---|' * len(runtimes)]
+        for m in results:
+            by_t = m['batches'].get(str(batch), m['batches'].get(batch, {}))
+            row = by_t.get(str(t), by_t.get(t, {}))
+            cells = []
+            for r in runtimes:
+                s = row.get(r)
+                ms = f'{s["median_ms"]:.1f}' if s and s['median_ms'] < 100 else f'{s["median_ms"]:.0f}' if s else 'n/a'
+                cells.append(ms if r == 'OpenCV DNN' or not s or not s['ratio_to_opencv']
+                             else f'{ms} ({s["ratio_to_opencv"]:.2f})')
+            lines.append(f'| {m["model"]} {m["img_size"]} | {m["gflops"]:.2f} | ' + ' | '.join(cells) + ' |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def load_average():
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return None
+
+
 def main(argv=None):
     import cv2
     import onnxruntime
@@ -197,10 +238,16 @@ def main(argv=None):
 
     from utils.general import atomic_write_text
     opt = parse_args(argv)
+    if opt.readme:
+        saved = json.loads(Path(opt.readme).read_text())
+        print(readme_tables(saved['results'], saved['meta']))
+        return
     t0 = time.time()
+    load_before = load_average()
     results = []
     for name, size in opt.models:
-        results.append(bench_model(name, models.Darknet(find_cfg(name), img_size=size).eval(), size, opt))
+        results.append(bench_model(Path(name).stem if name.endswith('.cfg') else name,
+                                   models.Darknet(find_cfg(name), img_size=size).eval(), size, opt))
     for path in opt.extra:
         model, _ = load_inference_model(path, img_size=256)
         results.append(bench_model(Path(path).name, model, 256, opt, pt=path))
@@ -209,7 +256,7 @@ def main(argv=None):
             'threads': opt.threads, 'runs': opt.runs, 'batches': opt.batches, 'torch': torch.__version__,
             'onnxruntime': onnxruntime.__version__, 'openvino': openvino.__version__.split('-')[0],
             'opencv': cv2.__version__, 'matmul_gflops': matmul_peak(max(opt.threads)), 'quick': opt.quick,
-            'seconds': round(time.time() - t0, 1)}
+            'seconds': round(time.time() - t0, 1), 'load_average': [load_before, load_average()]}
     out = Path(opt.out)
     atomic_write_text(out.with_suffix('.json'), json.dumps({'meta': meta, 'results': results}, indent=1))
     atomic_write_text(out.with_suffix('.md'), markdown(results, meta) + '\n')

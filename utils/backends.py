@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from utils.general import cpu_flags, int8_kernels_saturate
+from utils.runtime_settings import openvino_config, ort_session_options
 
 META_KEY = 'yolo_export'  # ONNX metadata_props key / OpenVINO rt_info key of the export's metadata
 
@@ -138,9 +139,7 @@ class OnnxRuntimeModel(ExportedModel):
                              f'export one with export.py') from None
         meta = {p.key: p.value for p in proto.metadata_props}
         meta = json.loads(meta[META_KEY]) if META_KEY in meta else {}
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
+        options = ort_session_options(threads or default_threads())
         providers = ['CPUExecutionProvider']
         if str(device).startswith('cuda') or str(device).isdigit():
             if 'CUDAExecutionProvider' in ort.get_available_providers():
@@ -163,10 +162,12 @@ class OnnxRuntimeModel(ExportedModel):
 
 class OpenVinoModel(ExportedModel):
     """An OpenVINO IR on the CPU plugin, FP32 precision for everything that is not INT8 in the
-    graph (some CPUs would otherwise pick bf16 and lose ~3 significant digits)."""
+    graph (some CPUs would otherwise pick bf16 and lose ~3 significant digits). ``cache_dir``:
+    OpenVINO's compiled-model cache there (off by default: it writes files; it shortens later
+    loads, not inference)."""
     runtime = 'OpenVINO'
 
-    def __init__(self, xml, threads=None):
+    def __init__(self, xml, threads=None, cache_dir=None):
         import openvino as ov
         super().__init__()
         core = ov.Core()
@@ -175,8 +176,7 @@ class OpenVinoModel(ExportedModel):
         except Exception as e:
             raise ValueError(f'{xml}: OpenVINO cannot read it: {str(e).splitlines()[0]}') from None
         meta = json.loads(model.get_rt_info([META_KEY]).astype(str)) if model.has_rt_info([META_KEY]) else {}
-        config = {'INFERENCE_PRECISION_HINT': 'f32', 'INFERENCE_NUM_THREADS': threads or default_threads(),
-                  'NUM_STREAMS': 1, 'PERFORMANCE_HINT': 'LATENCY'}
+        config = openvino_config(threads or default_threads(), cache_dir=cache_dir)
         self.compiled = core.compile_model(model, 'CPU', config)
         self.request = self.compiled.create_infer_request()
         shape = [d.get_length() if d.is_static else None for d in model.inputs[0].get_partial_shape()]

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.general import parse_cpuinfo
+from utils.runtime_settings import openvino_config, ort_session_options
 
 ROOT = Path(__file__).resolve().parents[1]
 # OpenMP / BLAS pools size themselves when their library loads, so a worker's environment
@@ -91,24 +92,24 @@ def torch_file_runner(pt, img_size, threads, fused=True, compile=False, device='
     return torch_runner(model.to(device), channels_last=fused or compile, device=device)
 
 
-def ort_runner(path, threads):
-    """ONNX Runtime, CPU execution provider, ``threads`` intra-op threads."""
+def ort_runner(path, threads, opt_level='all', spinning=True):
+    """ONNX Runtime, CPU execution provider, ``threads`` intra-op threads, the session options
+    the deployed runner uses (utils.runtime_settings.ort_session_options)."""
     import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options = ort_session_options(threads, opt_level, spinning)
     session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})
 
 
-def openvino_runner(path, batch, size, threads):
-    """OpenVINO compiled for this batch (a static shape is faster than a dynamic one)."""
+def openvino_runner(path, batch, size, threads, precision='f32', hint='LATENCY', streams=1, cache_dir=None):
+    """OpenVINO compiled for this batch (a static shape is faster than a dynamic one) with the
+    deployed runner's config (utils.runtime_settings.openvino_config)."""
     import openvino as ov
     core = ov.Core()
     model = core.read_model(str(path))
     model.reshape([batch, 3, size, size])
-    compiled = core.compile_model(model, 'CPU', {'INFERENCE_PRECISION_HINT': 'f32', 'INFERENCE_NUM_THREADS': threads,
-                                                 'NUM_STREAMS': 1, 'PERFORMANCE_HINT': 'LATENCY'})
+    compiled = core.compile_model(model, 'CPU', openvino_config(threads, precision, hint, streams, cache_dir))
     request = compiled.create_infer_request()
     return lambda x: request.infer({0: x})
 
@@ -137,13 +138,16 @@ def torch_job(pt, threads, batch, size, fused=True, compile=False, device='cpu',
                threads, (batch, channels, size, size))
 
 
-def ort_job(path, threads, batch, size):
-    return Job('utils.latency:ort_runner', {'path': str(path), 'threads': threads}, threads, (batch, 3, size, size))
+def ort_job(path, threads, batch, size, **settings):
+    """``settings``: ort_runner's keywords (opt_level, spinning) where they differ from the defaults."""
+    return Job('utils.latency:ort_runner', {'path': str(path), 'threads': threads, **settings}, threads,
+               (batch, 3, size, size))
 
 
-def openvino_job(path, threads, batch, size):
+def openvino_job(path, threads, batch, size, **settings):
+    """``settings``: openvino_runner's keywords (precision, hint, streams, cache_dir)."""
     return Job('utils.latency:openvino_runner', {'path': str(path), 'batch': batch, 'size': size,
-                                                 'threads': threads}, threads, (batch, 3, size, size))
+                                                 'threads': threads, **settings}, threads, (batch, 3, size, size))
 
 
 # ----------------------------------------------------------------------------- worker side
