@@ -72,7 +72,7 @@ def load_detector(opt, device):
 
 def run(opt):
     from tqdm import tqdm
-    from utils.backends import is_exported
+    from utils.deploy.backends import is_exported
     from utils.datasets import LoadImages, LoadStreams
     from utils.detector import DetectionSink, detect_frame, summary
     from utils.general import increment_path

@@ -51,7 +51,7 @@ def main(argv=None):
     with user_errors(CfgError):
         if opt.batch_size < 1 or opt.calib < 0:
             raise ValueError('--batch-size must be >= 1 and --calib >= 0')
-        from utils.export import run
+        from utils.deploy.export import run
         return run(opt)
 
 

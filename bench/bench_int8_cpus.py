@@ -1,6 +1,6 @@
 """mAP of exported models on this CPU and on an emulated x86 CPU without VNNI (QEMU's Haswell:
 AVX2, no AVX-512, no VNNI), where int8 convolutions add u8 x s8 product pairs in saturating
-int16 (see utils.export.int8_overflow_risks).
+int16 (see utils.deploy.export.int8_overflow_risks).
 
     python3 bench/bench_int8_cpus.py --weights best_int8.onnx qat_openvino [--data D] [--out DIR]
 
@@ -23,7 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from utils import backends  # noqa: E402
+from utils.deploy import backends  # noqa: E402
 from utils.general import atomic_write_text, cpu_flags  # noqa: E402
 
 EMULATED_CPU = 'Haswell'

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.general import atomic_write_text, user_errors  # noqa: E402
-from utils.latency import cpu_info, cpu_text  # noqa: E402
+from utils.deploy.latency import cpu_info, cpu_text  # noqa: E402
 from utils.compress.pipeline import DEFAULT_PLANS, ROOT, last_row, plan_name, prune, train  # noqa: E402  (shared stages)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from utils.general import atomic_write_text  # noqa: E402
-from utils.latency import cpu_info, cpu_text  # noqa: E402
+from utils.deploy.latency import cpu_info, cpu_text  # noqa: E402
 from utils.compress.pipeline import ROOT, evaluate, export, qat_hyp, train  # noqa: E402  (one way to run and resume stages)
 
 RECIPES = {  # name: (label, train.py / test.py quantization flags)
@@ -97,7 +97,7 @@ def deploy(out, args):
     """Export, evaluate and time the float, INT8 and QAT models (see the module docstring)."""
     import statistics
 
-    from utils.latency import openvino_job, ort_job, time_per_process
+    from utils.deploy.latency import openvino_job, ort_job, time_per_process
     sources = {'base': Path(args.base), **{n: out / n / 'weights' / 'best.pt' for n in RECIPES}}
     rows, jobs = [], {}
     for name, (label, source, flags) in DEPLOY.items():

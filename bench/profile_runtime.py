@@ -65,7 +65,7 @@ def profile_openvino(path, size, threads, calls):
     import numpy as np
     import openvino as ov
 
-    from utils.runtime_settings import openvino_config
+    from utils.deploy.runtime_settings import openvino_config
     core = ov.Core()
     model = core.read_model(str(path))
     model.reshape([1, 3, size, size])
@@ -96,7 +96,7 @@ def profile_ort(path, size, threads, calls):
     import numpy as np
     import onnxruntime as ort
 
-    from utils.runtime_settings import ort_session_options
+    from utils.deploy.runtime_settings import ort_session_options
     with tempfile.TemporaryDirectory() as tmp:
         options = ort_session_options(threads)
         options.enable_profiling = True
@@ -156,10 +156,10 @@ def floor_call(runtime, path, size, threads, calls):
     import numpy as np
     x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
     if runtime == 'openvino':
-        from utils.latency import openvino_runner
+        from utils.deploy.latency import openvino_runner
         run = openvino_runner(path, 1, size, threads)
     else:
-        from utils.latency import ort_runner
+        from utils.deploy.latency import ort_runner
         run = ort_runner(path, threads)
     for _ in range(10):
         run(x)
@@ -206,7 +206,7 @@ def build(cfg, size, tmp):
     import models
     from darknet_ref import randomize
     from run import calibration_images
-    from utils.export import onnx_bytes, quantize_int8
+    from utils.deploy.export import onnx_bytes, quantize_int8
     model = randomize(models.Darknet(str(cfg), img_size=size), size=size)
     files = {'cfg': tmp / 'm.cfg', 'weights': tmp / 'm.weights', 'fp32': tmp / 'fp32.onnx', 'int8': tmp / 'int8.onnx',
              'floor': tmp / 'floor.onnx'}
@@ -214,7 +214,7 @@ def build(cfg, size, tmp):
     models.save_weights(model, files['weights'])
     fused = copy.deepcopy(model).fuse()
     for p in fused.parameters():
-        p.requires_grad_(True)  # MaxPool as MaxPool (see utils.export.onnx_bytes)
+        p.requires_grad_(True)  # MaxPool as MaxPool (see utils.deploy.export.onnx_bytes)
     files['fp32'].write_bytes(onnx_bytes(fused, torch.zeros(1, 3, size, size), dynamic=True))
     quantize_int8(files['fp32'], files['int8'], calibration_images(size))
     one_op_onnx(files['floor'], size)
@@ -224,7 +224,7 @@ def build(cfg, size, tmp):
 # ----------------------------------------------------------------------------- report
 
 def markdown(res, meta):
-    from utils.latency import cpu_text
+    from utils.deploy.latency import cpu_text
     target = res['OpenCV DNN FP32']['wall_ms'] / 10
     lines = [f'# Where the time goes ({meta["date"]})', '',
              f'CPU: {cpu_text(meta["cpu"])}; {meta["threads"]} thread(s); 1-minute load average '
@@ -294,7 +294,7 @@ def main(argv=None):
     from tune_runtimes import load_average
 
     from utils.general import atomic_write_text
-    from utils.latency import cpu_info
+    from utils.deploy.latency import cpu_info
     meta = {'date': time.strftime('%Y-%m-%d %H:%M'), 'cpu': cpu_info(), 'threads': opt.threads, 'calls': opt.calls,
             'cfg': Path(opt.cfg).resolve().relative_to(ROOT).as_posix() if Path(opt.cfg).resolve().is_relative_to(ROOT)
             else opt.cfg, 'img_size': opt.img_size, 'load_before': load_average()}

@@ -6,10 +6,10 @@ Models: yolov3-tiny, yolov4-tiny, yolov3, yolov4 at 416 and the default model
 (cfg/yolov3-mini-shapes.cfg) at 256, with random weights (the same cfg + weights in every
 runtime), plus ``--extra`` checkpoints (pruned, quantization-aware, ...) at 256; batch 1 and 8,
 1 and 2 threads. Runtimes: PyTorch eager, PyTorch fused (BN folded, channels_last;
-``--compile`` adds torch.compile), ONNX Runtime FP32 and INT8 (static QDQ from utils.export,
+``--compile`` adds torch.compile), ONNX Runtime FP32 and INT8 (static QDQ from utils.deploy.export,
 calibrated on 8 built-in images), OpenVINO FP32 and on the INT8 QDQ graph, OpenCV DNN 4.x
 (Darknet files). Every (runtime, threads) of a model and batch runs in its own worker process
-(utils.latency.time_per_process): warm-up, then rounds in which the workers take turns one at
+(utils.deploy.latency.time_per_process): warm-up, then rounds in which the workers take turns one at
 a time, so no runtime's idle thread pool spins while another is timed and machine noise hits
 all alike. Reported: median ms, spread (10th-90th percentile), achieved GFLOP/s, the ratio to
 OpenCV DNN and the 2-thread speed-up; the CPU (model, AVX2/AVX-512/VNNI/AMX) heads the report.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / 'bench'))
 import models  # noqa: E402
 from bench_inference import find_cfg, matmul_peak  # noqa: E402
 from utils.inference import load_inference_model  # noqa: E402
-from utils.latency import (cpu_info, cpu_text, darknet_job, openvino_job, ort_job, summarize,  # noqa: E402
+from utils.deploy.latency import (cpu_info, cpu_text, darknet_job, openvino_job, ort_job, summarize,  # noqa: E402
                            time_per_process, torch_job)
 
 RUNTIMES = ('OpenCV DNN', 'PyTorch eager', 'PyTorch fused', 'PyTorch compiled', 'ORT FP32', 'ORT INT8',
@@ -71,7 +71,7 @@ def parse_args(argv=None):
 def calibration_images(size):
     """CALIB_IMAGES built-in training images letterboxed to ``size``, float [n,3,s,s] in [0,1]."""
     from utils.datasets import default_data
-    from utils.export import dataset_images
+    from utils.deploy.export import dataset_images
     from utils.parse_config import parse_data_cfg
     return dataset_images(parse_data_cfg(default_data())['train'], size, CALIB_IMAGES)
 
@@ -81,7 +81,7 @@ def model_files(model, size, tmp, pt=None):
     and INT8 QDQ ONNX of the fused model with a dynamic batch; {kind: path}."""
     import copy
 
-    from utils.export import onnx_bytes, quantize_int8
+    from utils.deploy.export import onnx_bytes, quantize_int8
     files = {'cfg': tmp / 'm.cfg', 'weights': tmp / 'm.weights', 'pt': Path(pt) if pt else tmp / 'm.pt',
              'fp32': tmp / 'fp32.onnx', 'int8': tmp / 'int8.onnx'}
     models.save_weights(model, files['weights'])
@@ -90,7 +90,7 @@ def model_files(model, size, tmp, pt=None):
         models.save_checkpoint(files['pt'], model)
     fused = copy.deepcopy(model).fuse()
     for p in fused.parameters():
-        p.requires_grad_(True)  # MaxPool as MaxPool (see utils.export.onnx_bytes)
+        p.requires_grad_(True)  # MaxPool as MaxPool (see utils.deploy.export.onnx_bytes)
     files['fp32'].write_bytes(onnx_bytes(fused, torch.zeros(1, 3, size, size), dynamic=True))
     quantize_int8(files['fp32'], files['int8'], calibration_images(size))
     return files

@@ -1,12 +1,12 @@
 """Runtime tuning, one change at a time: ONNX Runtime and OpenVINO settings and graph variants
-timed against the project's defaults, each in its own worker process (utils.latency).
+timed against the project's defaults, each in its own worker process (utils.deploy.latency).
 
     python3 bench/tune_runtimes.py [--models yolov3-mini-shapes:256 yolov3:416] [--threads 1 2] [--runs 20]
 
 Per model and thread count, one interleaved per-process run holds every entry below (all
-batch 1): a baseline per runtime and precision (the defaults of utils.runtime_settings on the
+batch 1): a baseline per runtime and precision (the defaults of utils.deploy.runtime_settings on the
 graphs bench/run.py times: fused FP32 ONNX with a dynamic batch, the static INT8 QDQ of
-utils.export.quantize_int8) and each alternative, which differs from its baseline in one
+utils.deploy.export.quantize_int8) and each alternative, which differs from its baseline in one
 thing only:
 
 - ONNX Runtime: graph optimisation level (basic, extended against all), intra-op spinning
@@ -21,7 +21,7 @@ thing only:
   processes).
 
 Every graph variant is checked against the baseline's output (max relative difference) and
-every INT8 graph with utils.export.int8_overflow_risks. Reported: median ms, 10th-90th
+every INT8 graph with utils.deploy.export.int8_overflow_risks. Reported: median ms, 10th-90th
 percentile, the ratio to the baseline. Writes bench/tuning.md and bench/tuning.json. Random
 weights with BN statistics calibrated on a random batch (tests/darknet_ref.randomize), INT8
 calibrated on 8 built-in images.
@@ -46,9 +46,9 @@ sys.path.insert(0, str(ROOT / 'tests'))
 import models  # noqa: E402
 from bench_inference import find_cfg  # noqa: E402
 from darknet_ref import randomize  # noqa: E402
-from utils.export import INPUT_NAME, int8_overflow_risks, onnx_bytes, quantize_int8, simplify  # noqa: E402
+from utils.deploy.export import INPUT_NAME, int8_overflow_risks, onnx_bytes, quantize_int8, simplify  # noqa: E402
 from utils.general import atomic_write_text  # noqa: E402
-from utils.latency import Job, cpu_info, cpu_text, openvino_job, ort_job, summarize, time_per_process  # noqa: E402
+from utils.deploy.latency import Job, cpu_info, cpu_text, openvino_job, ort_job, summarize, time_per_process  # noqa: E402
 
 CALIB_IMAGES = 8
 # ops quantized besides Conv so that every conv output feeds a QuantizeLinear (ONNX Runtime
@@ -130,7 +130,7 @@ def decode_outside_runner(path, threads, spec, size):
     """ONNX Runtime on the raw-heads graph, then the numpy decode: the pair, timed as one call."""
     import onnxruntime as ort
 
-    from utils.runtime_settings import ort_session_options
+    from utils.deploy.runtime_settings import ort_session_options
     session = ort.InferenceSession(str(path), ort_session_options(threads), providers=['CPUExecutionProvider'])
     name = session.get_inputs()[0].name
     decode = numpy_decoder(spec, size)
@@ -149,7 +149,7 @@ def quantize_variant(fp32_path, out_path, images, op_types, fmt):
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
-    from utils.export import head_conv_nodes
+    from utils.deploy.export import head_conv_nodes
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -197,7 +197,7 @@ def optimized_ops(path):
     import onnx
     import onnxruntime as ort
 
-    from utils.export import op_counts
+    from utils.deploy.export import op_counts
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
         options.optimized_model_filepath = str(Path(tmp) / 'opt.onnx')
@@ -212,7 +212,7 @@ def build_files(model, size, tmp):
     images = calibration_images(size)
     fused = copy.deepcopy(model).fuse()
     for p in fused.parameters():
-        p.requires_grad_(True)  # MaxPool as MaxPool (see utils.export.onnx_bytes)
+        p.requires_grad_(True)  # MaxPool as MaxPool (see utils.deploy.export.onnx_bytes)
     f = {k: tmp / f'{k}.onnx' for k in ('fp32', 'fp32_static', 'fp32_slim', 'raw', 'int8', 'int8_slim',
                                         'int8_convout', 'int8_qop')}
     f['fp32'].write_bytes(onnx_bytes(fused, torch.zeros(1, 3, size, size), dynamic=True))
@@ -232,7 +232,7 @@ def check_files(files, model, size, images):
     import onnx
     import onnxruntime as ort
 
-    from utils.export import detection_agreement, relative_diff
+    from utils.deploy.export import detection_agreement, relative_diff
     x = images
 
     def run(path):
@@ -283,7 +283,7 @@ def experiments(files, spec, size, threads):
         ('OpenVINO FP32', 'baseline', 'defaults: f32, LATENCY, threads set, 1 stream', ov(files['fp32'])),
         ('OpenVINO FP32', 'no hint', 'no PERFORMANCE_HINT', ov(files['fp32'], hint=None)),
         ('OpenVINO FP32', 'hint threads', 'no INFERENCE_NUM_THREADS: the plugin uses every core', Job(
-            'utils.latency:openvino_runner', {**ov(files['fp32']).kwargs, 'threads': None}, threads,
+            'utils.deploy.latency:openvino_runner', {**ov(files['fp32']).kwargs, 'threads': None}, threads,
             (1, 3, size, size))),
         ('OpenVINO FP32', 'hint streams', 'NUM_STREAMS from the hint', ov(files['fp32'], streams=None)),
         ('OpenVINO FP32', 'onnxslim', 'onnxslim on the graph', ov(files['fp32_slim'])),
@@ -300,7 +300,7 @@ CACHE_PROBE = r'''
 import sys, time, json
 sys.path.insert(0, sys.argv[1])
 import openvino as ov
-from utils.runtime_settings import openvino_config
+from utils.deploy.runtime_settings import openvino_config
 core = ov.Core()
 model = core.read_model(sys.argv[2])
 model.reshape([1, 3, int(sys.argv[3]), int(sys.argv[3])])
@@ -387,8 +387,8 @@ def markdown(results, meta):
             lines.append(f'| {row["group"]} | {row["name"]}: {row["change"]} | ' + ' | '.join(cells) + ' |')
         lines += ['', f'Graph variants (ONNX Runtime, the {CALIB_IMAGES} calibration images): max relative difference '
                   'to the baseline of the same precision, for INT8 the F1 of its detections against FP32\'s '
-                  '(utils.export.detection_agreement, conf >= 0.25; random weights), int8 overflow risks '
-                  '(utils.export.int8_overflow_risks), and the ops ONNX Runtime runs after its optimisations:', '',
+                  '(utils.deploy.export.detection_agreement, conf >= 0.25; random weights), int8 overflow risks '
+                  '(utils.deploy.export.int8_overflow_risks), and the ops ONNX Runtime runs after its optimisations:', '',
                   '| graph | max rel diff | F1 vs FP32 | overflow risks | QLinearConv | Conv | Q | DQ | nodes |',
                   '|---|---|---|---|---|---|---|---|---|']
         for name, e in r['files'].items():

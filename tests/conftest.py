@@ -17,7 +17,7 @@ def one_thread():
     """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures('one_thread')``):
     tiny models gain little from two, and two threads competing with another busy process make
     every forward several times slower (spin-waits). The exported-model runtimes follow it
-    (utils.backends.default_threads)."""
+    (utils.deploy.backends.default_threads)."""
     import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

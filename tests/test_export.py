@@ -22,8 +22,8 @@ import yaml
 import export
 import models
 from darknet_ref import opencv_outputs, our_outputs_like_opencv, randomize
-from utils import export as ex
-from utils.backends import OnnxRuntimeModel, OpenVinoModel
+from utils.deploy import export as ex
+from utils.deploy.backends import OnnxRuntimeModel, OpenVinoModel
 from utils.compress.quant import safe_weight_code_max
 
 ROOT = Path(__file__).resolve().parents[1]

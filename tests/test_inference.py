@@ -11,7 +11,7 @@ import export
 import models
 import test as test_script
 from test_imports import import_graph
-from utils.backends import ExportedModel
+from utils.deploy.backends import ExportedModel
 from utils.inference import load_inference_model, weights_kind
 from utils.compress.quant import QuantSpec, spec_of
 
@@ -23,7 +23,7 @@ IMG = 128
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
     """A float tiny .pt, its Darknet .weights and its fixed-size ONNX export."""
-    from utils.export import onnx_bytes
+    from utils.deploy.export import onnx_bytes
     torch.manual_seed(0)
     tmp = tmp_path_factory.mktemp('inference')
     model = models.Darknet(str(TINY), img_size=IMG).eval()
@@ -33,7 +33,7 @@ def files(tmp_path_factory):
     fused.load_state_dict(model.state_dict())
     fused = fused.eval().fuse()
     for p in fused.parameters():
-        p.requires_grad_(True)  # see utils.export.onnx_bytes
+        p.requires_grad_(True)  # see utils.deploy.export.onnx_bytes
     (tmp / 'm.onnx').write_bytes(onnx_bytes(fused, torch.zeros(1, 3, IMG, IMG)))
     return {'pt': tmp / 'm.pt', 'weights': tmp / 'm.weights', 'onnx': tmp / 'm.onnx', 'model': model, 'dir': tmp}
 
@@ -114,7 +114,7 @@ def reachable(graph, start):
 
 def test_inference_code_does_not_import_the_training_engine():
     graph = import_graph()
-    for start in ('utils.inference', 'test', 'detect', 'export', 'utils.export', 'utils.backends'):
+    for start in ('utils.inference', 'test', 'detect', 'export', 'utils.deploy.export', 'utils.deploy.backends'):
         assert 'utils.trainer' not in reachable(graph, start), start
     for script in ('test', 'detect', 'export'):
         assert 'utils.inference' in reachable(graph, script), script

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 import export
 import models
 from darknet_ref import randomize
-from utils import backends
-from utils import export as ex
+from utils.deploy import backends
+from utils.deploy import export as ex
 from utils.general import cpu_flags, int8_kernels_saturate
 from utils.compress.quant import QuantConvBlock, QuantSpec, calibrate, quantize_model, safe_weight_code_max
 
@@ -233,7 +233,7 @@ def test_int8_export_weights_fit_the_safe_range(float_ckpt, data, tmp_path):
 def test_full_range_checkpoint_is_marked_and_refused_without_vnni(float_ckpt, data, tmp_path, monkeypatch, capsys):
     """A checkpoint trained with --full-range exports with a warning and the int8_needs_vnni
     mark; on a CPU without VNNI (simulated) the export itself refuses, and so does loading
-    the marked file in test.py/detect.py (utils.backends), each with one clear line."""
+    the marked file in test.py/detect.py (utils.deploy.backends), each with one clear line."""
     qat_checkpoint(float_ckpt, data, tmp_path / 'full.pt', full_range=True)
     args = ['--weights', str(tmp_path / 'full.pt'), '--data', data, '--img-size', str(IMG)]
     monkeypatch.setattr(ex, 'int8_kernels_saturate', lambda flags=None: False)

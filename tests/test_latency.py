@@ -1,4 +1,4 @@
-"""utils.latency: per-process timing (worker protocol, interleaved rounds, failures), cpu_info,
+"""utils.deploy.latency: per-process timing (worker protocol, interleaved rounds, failures), cpu_info,
 and the summaries the reports read. Invariants only: no assertion on measured speed.
 
 The runner factories below run inside the worker processes (they import this module by name
@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from utils import latency
-from utils.latency import Job, cpu_info, cpu_text, summarize, time_per_process
+from utils.deploy import latency
+from utils.deploy.latency import Job, cpu_info, cpu_text, summarize, time_per_process
 
 SHAPE = (1, 3, 8, 8)
 
@@ -175,4 +175,4 @@ def test_prune_latency_is_a_per_process_run(monkeypatch):
     ms = prune_run.measure_latency([small, small], 64, 2, torch.device('cpu'))
     assert len(ms) == 2 and all(m > 0 for m in ms)
     assert seen['runs'] == 2 and [j.shape for j in seen['jobs'].values()] == [(1, 3, 64, 64)] * 2
-    assert all(j.factory == 'utils.latency:torch_file_runner' and j.kwargs['fused'] for j in seen['jobs'].values())
+    assert all(j.factory == 'utils.deploy.latency:torch_file_runner' and j.kwargs['fused'] for j in seen['jobs'].values())

@@ -1,8 +1,8 @@
-"""utils.runtime_settings: the one place the deployed and the benchmark runners take their
+"""utils.deploy.runtime_settings: the one place the deployed and the benchmark runners take their
 ONNX Runtime and OpenVINO settings from."""
 import pytest
 
-from utils.runtime_settings import ORT_OPT_LEVELS, openvino_config, ort_session_options
+from utils.deploy.runtime_settings import ORT_OPT_LEVELS, openvino_config, ort_session_options
 
 
 def test_ort_options_defaults_and_levels():
@@ -32,7 +32,7 @@ def test_backends_and_latency_use_them(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from utils.latency import openvino_runner, ort_runner
+    from utils.deploy.latency import openvino_runner, ort_runner
     graph = helper.make_graph([helper.make_node('Relu', ['images'], ['pred'])], 'g',
                               [helper.make_tensor_value_info('images', TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info('pred', TensorProto.FLOAT, [1, 3, 8, 8])])

@@ -5,7 +5,7 @@
     model, entries = load_inference_model('best.pt', quant=spec, calib=64, data='data/shapes.data')   # PTQ
     model, entries = load_inference_model('best.onnx')                        # or best_openvino/
 
-The model is in eval mode on ``device``; an export is a utils.backends.ExportedModel with the
+The model is in eval mode on ``device``; an export is a utils.deploy.backends.ExportedModel with the
 same interface. Every script reports a --weights it cannot run in the same words
 (``weights_kind``). This module never imports the training engine.
 """
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import models
-from utils.backends import is_exported, load_exported
+from utils.deploy.backends import is_exported, load_exported
 from utils.compress.quant import prepare_for_inference, quantize_as_requested
 
 

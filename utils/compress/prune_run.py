@@ -269,10 +269,10 @@ def adapt_bn(model, loader, n_images):
 def measure_latency(model_list, img_size, reps, device):
     """Median ms of a batch-1 forward of each model (fused, channels_last, inference mode, the
     current torch thread count), each model in its own process, rounds interleaved
-    (utils.latency.time_per_process)."""
+    (utils.deploy.latency.time_per_process)."""
     import tempfile
 
-    from utils.latency import torch_job, time_per_process
+    from utils.deploy.latency import torch_job, time_per_process
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         jobs = {}

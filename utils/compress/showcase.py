@@ -7,7 +7,7 @@ Every stage runs the project's real command lines through utils/compress/pipelin
 bench/bench_prune.py and bench/bench_quant.py use), so a stage whose outputs exist is skipped
 and an interrupted showcase continues where it stopped; the report is rewritten after every
 stage from what the stage folders hold. The latency run times every file in its own process
-(utils.latency.time_per_process, rounds interleaved) and is stored in --out/latency.json.
+(utils.deploy.latency.time_per_process, rounds interleaved) and is stored in --out/latency.json.
 """
 import csv
 import json
@@ -295,9 +295,9 @@ class Showcase:
 
 def measure_latency(show, keys):
     """{'meta': ..., 'times': {key: summary}}: ``keys`` (deploy rows and fine-tuned plans), each
-    file in its runtime in its own process (utils.latency.time_per_process), batch 1."""
-    from utils.backends import openvino_xml
-    from utils.latency import darknet_job, openvino_job, ort_job, summarize, time_per_process, torch_job
+    file in its runtime in its own process (utils.deploy.latency.time_per_process), batch 1."""
+    from utils.deploy.backends import openvino_xml
+    from utils.deploy.latency import darknet_job, openvino_job, ort_job, summarize, time_per_process, torch_job
     a = show.args
     jobs, gflops = {}, {}
     for r in show.rec['deploy']:
@@ -331,7 +331,7 @@ def meta(args):
     import openvino
     import torch
 
-    from utils.latency import cpu_info
+    from utils.deploy.latency import cpu_info
     return {'date': time.strftime('%Y-%m-%d %H:%M'), 'cpu': cpu_info(), 'mode': 'per-process',
             'threads': args.threads, 'runs': args.latency_runs, 'torch': torch.__version__,
             'onnxruntime': onnxruntime.__version__, 'openvino': openvino.__version__.split('-')[0],
@@ -476,7 +476,7 @@ def markdown(rec, args):
 def latency_cpu(meta):
     """'CPU: <model>, n cores (instruction sets)' of a latency run's meta ('CPU not recorded'
     for a run stored before the CPU was)."""
-    from utils.latency import cpu_text
+    from utils.deploy.latency import cpu_text
     return f'CPU: {cpu_text(meta["cpu"])}' if meta.get('cpu') else 'CPU not recorded'
 
 

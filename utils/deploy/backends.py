@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from utils.general import cpu_flags, int8_kernels_saturate
-from utils.runtime_settings import openvino_config, ort_session_options
+from utils.deploy.runtime_settings import openvino_config, ort_session_options
 
 META_KEY = 'yolo_export'  # ONNX metadata_props key / OpenVINO rt_info key of the export's metadata
 
@@ -68,7 +68,7 @@ class ExportedModel(nn.Module):
     ``img_size`` (h, w), ``names`` (list or None), ``fused`` (True: BN is folded in the graph).
     ``input_hw`` (h, w) and ``batch_size`` (int, or None when dynamic) describe the graph's
     input; ``precision`` is 'fp32', 'int8' (post-training QDQ) or 'qat' (the model's own
-    quantizers as QDQ). An export marked ``int8_needs_vnni`` (utils.export.check_int8_overflow)
+    quantizers as QDQ). An export marked ``int8_needs_vnni`` (utils.deploy.export.check_int8_overflow)
     is refused on x86 CPUs without VNNI, where its int8 convolutions would saturate."""
 
     def __init__(self):

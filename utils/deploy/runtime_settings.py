@@ -1,5 +1,5 @@
-"""Runtime settings shared by the deployed runners (utils.backends: test.py, detect.py) and the
-latency runners (utils.latency: bench/run.py, compress.py, ...), so what the benchmarks time
+"""Runtime settings shared by the deployed runners (utils.deploy.backends: test.py, detect.py) and the
+latency runners (utils.deploy.latency: bench/run.py, compress.py, ...), so what the benchmarks time
 is what the scripts run. bench/tune_runtimes.py times each alternative against these defaults,
 one change at a time; bench/tuning.md holds the measurements behind them.
 

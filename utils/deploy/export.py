@@ -7,7 +7,7 @@ letterboxed as test.py does), output ``pred`` float32 [B, N, 5+nc] = the PyTorch
 (cx, cy, w, h in input pixels, objectness, class probabilities; rows head, anchor, y, x).
 H and W are fixed; B is fixed or dynamic (``--dynamic``). Metadata (class names, strides,
 input size, precision) travels in the ONNX ``metadata_props`` / OpenVINO ``rt_info`` under
-``utils.backends.META_KEY``.
+``utils.deploy.backends.META_KEY``.
 
 Quantized graphs:
   * post-training INT8 (``--int8``): ``onnxruntime.quantization.quantize_static``, QDQ format,
@@ -24,7 +24,7 @@ Quantized graphs:
   <= 32767. A graph that passes is correct on every x86 CPU; one that does not (a checkpoint
   trained with ``--full-range``, or from before overflow-safe weights) is marked
   ``int8_needs_vnni`` in its metadata, refused on this CPU if it lacks VNNI, and refused by
-  utils.backends on such CPUs.
+  utils.deploy.backends on such CPUs.
 
 Tolerances of the check (``verify_*``): FP32 graphs max |runtime - torch| / (1 + |torch|)
 <= FP32_TOL over all outputs (boxes in pixels, scores); Darknet files in OpenCV DNN: the same
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.backends import META_KEY, OnnxRuntimeModel, OpenVinoModel
+from utils.deploy.backends import META_KEY, OnnxRuntimeModel, OpenVinoModel
 from utils.general import atomic_write_bytes, atomic_write_text, cpu_flags, int8_kernels_saturate, new_temp_dir
 from utils.inference import load_inference_model, weights_kind
 

@@ -3,7 +3,7 @@ compress.py and the pruning scripts: one runner per runtime (``fn(x numpy [B,3,H
 outputs``) and per-process timing.
 
 Every (runtime, model file, threads, batch) runs in its own fresh worker process
-(``python3 -m utils.latency --worker``): it sets its thread counts before it loads its runtime,
+(``python3 -m utils.deploy.latency --worker``): it sets its thread counts before it loads its runtime,
 loads the model, warms up, then waits. The parent gives the workers turns one at a time (round
 r: every live worker once, the starting worker rotating), with a short gap after each turn.
 In one process the runtimes' idle thread pools spin while another runtime runs, and a runtime
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from utils.general import parse_cpuinfo
-from utils.runtime_settings import openvino_config, ort_session_options
+from utils.deploy.runtime_settings import openvino_config, ort_session_options
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # OpenMP / BLAS pools size themselves when their library loads, so a worker's environment
 # carries the count before any import; the runners set their runtime's own knob as well
 THREAD_ENV = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
@@ -94,7 +94,7 @@ def torch_file_runner(pt, img_size, threads, fused=True, compile=False, device='
 
 def ort_runner(path, threads, opt_level='all', spinning=True):
     """ONNX Runtime, CPU execution provider, ``threads`` intra-op threads, the session options
-    the deployed runner uses (utils.runtime_settings.ort_session_options)."""
+    the deployed runner uses (utils.deploy.runtime_settings.ort_session_options)."""
     import onnxruntime as ort
     options = ort_session_options(threads, opt_level, spinning)
     session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
@@ -104,7 +104,7 @@ def ort_runner(path, threads, opt_level='all', spinning=True):
 
 def openvino_runner(path, batch, size, threads, precision='f32', hint='LATENCY', streams=1, cache_dir=None):
     """OpenVINO compiled for this batch (a static shape is faster than a dynamic one) with the
-    deployed runner's config (utils.runtime_settings.openvino_config)."""
+    deployed runner's config (utils.deploy.runtime_settings.openvino_config)."""
     import openvino as ov
     core = ov.Core()
     model = core.read_model(str(path))
@@ -128,25 +128,25 @@ class Job:
 
 
 def darknet_job(cfg, weights, threads, batch, size):
-    return Job('utils.latency:darknet_runner', {'cfg_path': str(cfg), 'weights_path': str(weights),
+    return Job('utils.deploy.latency:darknet_runner', {'cfg_path': str(cfg), 'weights_path': str(weights),
                                                 'threads': threads}, threads, (batch, 3, size, size))
 
 
 def torch_job(pt, threads, batch, size, fused=True, compile=False, device='cpu', channels=3):
-    return Job('utils.latency:torch_file_runner', {'pt': str(pt), 'img_size': size, 'threads': threads,
+    return Job('utils.deploy.latency:torch_file_runner', {'pt': str(pt), 'img_size': size, 'threads': threads,
                                                    'fused': fused, 'compile': compile, 'device': str(device)},
                threads, (batch, channels, size, size))
 
 
 def ort_job(path, threads, batch, size, **settings):
     """``settings``: ort_runner's keywords (opt_level, spinning) where they differ from the defaults."""
-    return Job('utils.latency:ort_runner', {'path': str(path), 'threads': threads, **settings}, threads,
+    return Job('utils.deploy.latency:ort_runner', {'path': str(path), 'threads': threads, **settings}, threads,
                (batch, 3, size, size))
 
 
 def openvino_job(path, threads, batch, size, **settings):
     """``settings``: openvino_runner's keywords (precision, hint, streams, cache_dir)."""
-    return Job('utils.latency:openvino_runner', {'path': str(path), 'batch': batch, 'size': size,
+    return Job('utils.deploy.latency:openvino_runner', {'path': str(path), 'batch': batch, 'size': size,
                                                  'threads': threads, **settings}, threads, (batch, 3, size, size))
 
 
@@ -199,7 +199,7 @@ def worker(inp, out):
 
 
 def worker_main():
-    """Entry point of ``python3 -m utils.latency --worker``: fd 1 becomes the reply channel and
+    """Entry point of ``python3 -m utils.deploy.latency --worker``: fd 1 becomes the reply channel and
     everything the runtimes print goes to stderr, so no library output corrupts a reply."""
     out = os.fdopen(os.dup(1), 'w')
     os.dup2(2, 1)
@@ -223,7 +223,7 @@ class Worker:
         # the project root reaches it through PYTHONPATH
         env['PYTHONPATH'] = os.pathsep.join([str(ROOT)] + [p for p in [env.get('PYTHONPATH')] if p])
         self.log = tempfile.TemporaryFile('w+')
-        self.proc = subprocess.Popen([sys.executable, '-m', 'utils.latency', '--worker'], env=env,
+        self.proc = subprocess.Popen([sys.executable, '-m', 'utils.deploy.latency', '--worker'], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.send({**asdict(job), 'warmup': warmup, 'sys_path': [p for p in sys.path if p]})
 
@@ -344,5 +344,5 @@ def cpu_text(info):
 
 if __name__ == '__main__':
     if sys.argv[1:] != ['--worker']:
-        sys.exit('usage: python3 -m utils.latency --worker (started by utils.latency.time_per_process)')
+        sys.exit('usage: python3 -m utils.deploy.latency --worker (started by utils.deploy.latency.time_per_process)')
     worker_main()
