@@ -93,6 +93,9 @@ def cpu_flags(cpuinfo='/proc/cpuinfo'):
     return model or platform.processor() or platform.machine(), flags
 
 
+INT16_MAX = 32767  # x86 int8 kernels without VNNI add u8 x s8 product pairs in int16 and saturate here
+
+
 def int8_kernels_saturate(flags=None):
     """True on an x86 CPU without VNNI (AVX2, AVX-512 without VNNI): there ONNX Runtime's and
     OpenVINO's u8 x s8 convolutions add product pairs in int16 (vpmaddubsw), which saturate

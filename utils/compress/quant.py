@@ -51,8 +51,8 @@ import torch.nn.functional as F
 
 from models import ConvBlock, register_checkpoint_transform
 from utils.compress.quant_flags import BITS, SCHEMES
+from utils.general import INT16_MAX
 
-INT16_MAX = 32767  # vpmaddubsw's pair sums saturate here
 EMA_MOMENTUM = 0.1  # activation observer: range <- 0.9 range + 0.1 batch range (first batch copied)
 DOREFA_ALPHA = 10.0  # clip of DoReFa activations (upstream's 0.1 pre-scale, undone)
 

@@ -47,7 +47,8 @@ import torch
 import torch.nn as nn
 
 from utils.deploy.backends import META_KEY, OnnxRuntimeModel, OpenVinoModel
-from utils.general import atomic_write_bytes, atomic_write_text, cpu_flags, int8_kernels_saturate, new_temp_dir
+from utils.general import (INT16_MAX, atomic_write_bytes, atomic_write_text, cpu_flags, int8_kernels_saturate,
+                           new_temp_dir)
 from utils.inference import load_inference_model, weights_kind
 
 FORMATS = ('onnx', 'openvino', 'darknet', 'qparams')
@@ -57,7 +58,6 @@ OPENCV_BN_EPS = 1e-6  # OpenCV DNN's BatchNorm epsilon (Darknet and our models: 
 INT8_CONF, INT8_MIN_F1 = 0.25, 0.8
 CHECK_IMAGES = 4  # validation images every export is checked on (at least --batch-size)
 INPUT_NAME, OUTPUT_NAME = 'images', 'pred'
-INT16_MAX = 32767
 
 
 # ----------------------------------------------------------------------------- fake-quant ops -> QDQ
