@@ -8,11 +8,11 @@ from utils.compress.prune_flags import prune_parser
 
 
 def plan(run, opt):
-    from utils.compress.prune import min_keep_masks
+    from utils.compress.prune import slim_removed
     if not 0 <= opt.layer_keep <= 1:
         raise ValueError(f'--layer_keep must be in [0, 1], got {opt.layer_keep}')
-    removed = run.threshold_plan(mode=1, percent=opt.percent, rule='any', strict=True,
-                                 adjust=lambda scales, masks: min_keep_masks(scales, masks, opt.layer_keep))
+    removed = run.threshold_plan(mode=1, percent=opt.percent,
+                                 removed_fn=lambda graph, scales, p: slim_removed(graph, scales, p, opt.layer_keep))
     return [run.stage('masked (gamma = 0)', removed=removed, masked=True),
             run.stage('compact', removed=removed)], opt.percent
 

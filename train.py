@@ -75,6 +75,13 @@ def parse_args(argv=None):
     sr.add_argument('--sr-schedule', default=None, choices=['constant', 'step', 'cosine'],
                     help='lambda over the epochs: constant (default), step (0.1 x lambda from half the epochs), '
                          'cosine (lambda x (1 + cos(pi e / E)) / 2)')
+    sr.add_argument('--sr-target', type=float, default=None, metavar='P',
+                    help='prepare a slim cut at --percent P: the channels it removes are taken to exactly 0 during '
+                         'training, so the pruned model needs no fine-tuning (default: off)')
+    sr.add_argument('--sr-keep', type=float, default=None, metavar='K',
+                    help='--sr-target: the cut\'s --layer_keep (default 0.01)')
+    sr.add_argument('--sr-ramp', type=float, default=None, metavar='R',
+                    help='--sr-target: fraction of the training over which the cut goes to 0 (default 0.5)')
     kd = p.add_argument_group('knowledge distillation (utils/compress/distill.py)')
     kd.add_argument('--KDstr', '--kdstr', dest='KDstr', type=int, default=None, choices=[1, 2, 3, 4, 5],
                     help='strategy: 1 output KL, 2 obj/cls KL + boxes where the student is worse than the teacher, '
@@ -83,6 +90,9 @@ def parse_args(argv=None):
                     help='teacher weights (.pt, or Darknet .weights with --t_cfg); same head layout as the student')
     kd.add_argument('--t_cfg', '--t-cfg', dest='t_cfg', default='',
                     help='teacher cfg (default: the cfg a .pt --t_weights carries)')
+    kd.add_argument('--kd-weight', type=float, default=None, metavar='W',
+                    help='multiplies every distillation term (default 1: upstream\'s weights, which keep KD small '
+                         'next to the detection loss)')
     from utils.compress.quant_flags import add_quant_args
     add_quant_args(p, train=True)
     opt = p.parse_args(argv)
@@ -92,8 +102,11 @@ def parse_args(argv=None):
         opt.sr_schedule = opt.sr_schedule or 'constant'
         if opt.s < 0:
             p.error(f'--s {opt.s}: the sparsity factor cannot be negative')
+        if opt.sr_target is None and (opt.sr_keep is not None or opt.sr_ramp is not None):
+            p.error('--sr-keep / --sr-ramp set the --sr-target cut; add --sr-target P')
     else:
-        given = [f for f, v in (('--s', opt.s), ('--prune', opt.prune), ('--sr-schedule', opt.sr_schedule))
+        given = [f for f, v in (('--s', opt.s), ('--prune', opt.prune), ('--sr-schedule', opt.sr_schedule),
+                                ('--sr-target', opt.sr_target), ('--sr-keep', opt.sr_keep), ('--sr-ramp', opt.sr_ramp))
                  if v is not None]
         if given:  # upstream HEAD turned sparsity on with --prune alone; say so rather than train dense
             p.error(f'{" ".join(given)}: only used by sparsity training, which is off; add -sr')
@@ -111,8 +124,11 @@ def parse_args(argv=None):
 def distillation_flag_error(opt):
     """The message for inconsistent --KDstr / --t_weights / --t_cfg, else None."""
     if opt.KDstr is None:
-        given = [f for f, v in (('--t_weights', opt.t_weights), ('--t_cfg', opt.t_cfg)) if v]
+        given = [f for f, v in (('--t_weights', opt.t_weights), ('--t_cfg', opt.t_cfg), ('--kd-weight', opt.kd_weight))
+                 if v]
         return f'{" ".join(given)}: only used by distillation, which is off; add --KDstr 1..5' if given else None
+    if opt.kd_weight is not None and not opt.kd_weight > 0:
+        return f'--kd-weight {opt.kd_weight}: must be > 0'
     if not opt.t_weights:
         return f'--KDstr {opt.KDstr} needs the teacher: add --t_weights (a .pt, or Darknet .weights with --t_cfg)'
     if not opt.t_weights.endswith(('.pt', '.pth')) and not opt.t_cfg:
@@ -125,10 +141,13 @@ def add_features(trainer):
     opt = trainer.opt
     if opt.sr:
         from utils.compress.sparsity import attach_sparsity
-        attach_sparsity(trainer, s=opt.s, prune=opt.prune, schedule=opt.sr_schedule)
+        attach_sparsity(trainer, s=opt.s, prune=opt.prune, schedule=opt.sr_schedule, target=opt.sr_target,
+                        target_keep=0.01 if opt.sr_keep is None else opt.sr_keep,
+                        ramp=0.5 if opt.sr_ramp is None else opt.sr_ramp)
     if opt.KDstr:
         from utils.compress.distill import attach_distillation
-        attach_distillation(trainer, t_weights=opt.t_weights, strategy=opt.KDstr, t_cfg=opt.t_cfg)
+        attach_distillation(trainer, t_weights=opt.t_weights, strategy=opt.KDstr, t_cfg=opt.t_cfg,
+                            weight=1.0 if opt.kd_weight is None else opt.kd_weight)
     from utils.compress.quant import attach_quantization, spec_from_opt
     spec = spec_from_opt(opt)
     if spec is not None:

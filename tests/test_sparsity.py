@@ -17,7 +17,9 @@ import models
 import train
 from test_train import NO_AUG, hyp_file, tiny_data  # noqa: F401  (tiny_data is a fixture)
 from utils.compress.layer_graph import LayerGraph
-from utils.compress.sparsity import SPARSE_THRESHOLD, add_l1_subgradient_, attach_sparsity, penalised_layers, scheduled_lambda
+from utils.compress.prune import bn_gammas, layer_keep_masks, masked_model, slim_removed
+from utils.compress.sparsity import (SPARSE_THRESHOLD, CutTarget, add_l1_subgradient_, attach_sparsity,
+                                     penalised_layers, scheduled_lambda)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = 'cfg/yolov3-tiny-shapes.cfg'
@@ -160,6 +162,117 @@ def test_sparse_training_shrinks_penalised_gammas_and_writes_its_artefacts(tmp_p
     assert ckpt['sparsity_hist']['epochs'] == [0, 1]  # the resumed run kept epoch 0's histogram
     assert ckpt['sparsity_hist']['counts'].sum(1).tolist() == [len(gammas)] * 2
     assert (sparse_dir / 'bn_hist.png').stat().st_size > 0 and (sparse_dir / 'results.png').stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- --sr-target
+
+def test_cut_target_fade_by_hand():
+    """s = 1 - progress / ramp, 0 from the ramp's end; progress counts the current batch; each
+    step multiplies the chosen gammas (of the model and, when it is another, the EMA) by
+    s(now) / s(previous step), so after k steps a gamma chosen at the start is s(k) of itself;
+    the other channels are untouched."""
+    t = CutTarget(0.5, 0.1, ramp=0.5)
+    assert [t.scale(p) for p in (0.0, 0.25, 0.5, 0.9)] == [1.0, 0.5, 0.0, 0.0]
+    trainer = SimpleNamespace(ni=9, nb=10, epochs=4, epoch=0, current_accumulate=1)  # batch 10 of 40 done
+    assert t.progress(trainer) == 0.25 and t.progress(trainer, 1) == 0.225
+    model = models.Darknet(TINY, img_size=128)
+    t.graph, t.layers = LayerGraph(model.sections), LayerGraph(model.sections).prune_set(0)
+    ema = models.Darknet(TINY, img_size=128)
+    ema.load_state_dict(model.state_dict())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for ni in range(20):  # 20 single-batch steps: progress 0.025 ... 0.5
+        trainer.ni = ni
+        scale = t.on_step(trainer, model, ema)
+    assert scale == 0.0 and t.chosen
+    for ni, expect in ((4, 0.75), (9, 0.5)):  # a fresh run, stopped after 5 and 10 steps
+        fresh, tr = models.Darknet(TINY, img_size=128), SimpleNamespace(**{**vars(trainer), 'ni': 0})
+        fresh.load_state_dict(before)
+        t2 = CutTarget(0.5, 0.1, ramp=0.5)
+        t2.graph, t2.layers = t.graph, t.layers
+        for k in range(ni + 1):
+            tr.ni = k
+            t2.on_step(tr, fresh, fresh)
+        for i, mask in t2.chosen.items():
+            g, g0 = fresh.module_list[i].BatchNorm2d.weight.detach(), before[gamma_key(i)]
+            assert torch.allclose(g[mask], expect * g0[mask], rtol=1e-5) and torch.equal(g[~mask], g0[~mask])
+    for i, mask in t.chosen.items():
+        for m in (model, ema):
+            g = m.module_list[i].BatchNorm2d.weight.detach()
+            assert torch.all(g[mask] == 0) and torch.equal(g[~mask], before[gamma_key(i)][~mask])
+    for bad in ({'percent': 1.0}, {'percent': 0.5, 'layer_keep': 1.5}, {'percent': 0.5, 'ramp': 0.0}):
+        with pytest.raises(ValueError, match='--sr-'):
+            CutTarget(**bad)
+
+
+def test_sr_target_zeroes_exactly_the_slim_cut(tmp_path, tiny_data):
+    """-sr --s 0 --prune 1 --sr-target 0.5 --sr-keep 0.2 --sr-ramp 0.5 on yolov3-mini (residual
+    stages: coupled channels), 4 epochs, interrupted after 1 and resumed: the checkpoint's
+    gammas are exactly 0 on the channels slim_prune's own rule removes at the recorded
+    prune_percent and that keep, and non-zero elsewhere in the cut's layers; so the masked model is the trained model
+    (the cut changes nothing before the zero-padding border); cap0 survives --resume;
+    results.csv logs the ramp (sr_cap 0 from its end)."""
+    torch.manual_seed(0)
+    models.save_checkpoint(tmp_path / 'start.pt', models.Darknet(MINI, img_size=128))
+    hyp = hyp_file(tmp_path, warmup_epochs=0, **NO_AUG)
+    common = ['--data', str(tiny_data), '--img-size', '128', '--workers', '0', '--epochs', '4', '--batch-size', '8',
+              '--hyp', hyp, '--weights', str(tmp_path / 'start.pt'), '--notest', '--project', str(tmp_path / 'runs'),
+              '--name', 'cut', '-sr', '--s', '0', '--prune', '1', '--sr-target', '0.5', '--sr-keep', '0.2',
+              '--sr-ramp', '0.5']
+    train.main([*common, '--stop-after', '1'])
+    run = tmp_path / 'runs' / 'cut'
+    assert models.load_checkpoint(run / 'weights' / 'last.pt')['sparsity']['target']['prune_percent'] is None
+    train.main(['--resume', str(run / 'weights' / 'last.pt'), '--workers', '0'])
+    ckpt = models.load_checkpoint(run / 'weights' / 'last.pt')
+    target = ckpt['sparsity']['target']
+    assert {k: target[k] for k in ('percent', 'layer_keep', 'ramp')} == {'percent': 0.5, 'layer_keep': 0.2,
+                                                                          'ramp': 0.5}
+    model = models.model_from_checkpoint(run / 'weights' / 'last.pt')[0].eval()
+    graph = LayerGraph(model.sections)
+    layers = graph.prune_set(1)
+    removed = slim_removed(graph, bn_gammas(model, layers), target['prune_percent'], 0.2)
+    cut = layer_keep_masks(graph, removed)
+    n = sum(len(g) for g in bn_gammas(model, layers).values())
+    zeros = sum(int((~m).sum()) for m in cut.values())
+    assert cut and int(n * target['prune_percent']) < zeros < n * 0.5
+    for i, keep in cut.items():
+        g = model.module_list[i].BatchNorm2d.weight.detach()
+        assert torch.all(g[~keep] == 0), i
+        assert torch.all(g[keep] != 0), i
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(masked_model(model, removed, graph=graph).eval()(x)[0], model(x)[0])
+    # slim_prune.py --percent auto cuts exactly the zeros: its masked model is the trained one
+    import json
+    import slim_prune
+    slim_prune.main(['--weights', str(run / 'weights' / 'last.pt'), '--data', str(tiny_data), '--img-size', '128',
+                     '--percent', 'auto', '--layer_keep', '0.2', '--latency-reps', '2', '--adapt-bn', '8',
+                     '--workers', '0', '--out', str(tmp_path / 'cut')])
+    report = json.loads((tmp_path / 'cut' / 'prune_report.json').read_text())
+    assert report['amount'] == str(target['prune_percent'])
+    by_label = {st['label']: st for st in report['stages']}
+    assert by_label['masked (gamma = 0)']['map50'] == by_label['original']['map50']
+    assert sum(r['after'] for r in report['layers']) == sum(r['before'] for r in report['layers']) - zeros
+    decision = report['adaptive_bn']  # kept exactly when it lowered the held-out loss
+    assert decision['heldout_images'] == 16 and decision['used'] == (decision['loss_with'] < decision['loss_without'])
+    saved = [st['label'] for st in report['stages'] if st['saved']]
+    assert saved == ['compact + adaptive BN' if decision['used'] else 'compact']
+
+    rows = list(csv.DictReader(open(run / 'results.csv')))
+    scales = [float(r['sr_scale']) for r in rows]
+    assert scales == [0.5, 0.0, 0.0, 0.0], scales
+    assert all(0.2 < float(r['sr_target_frac']) < 0.5 for r in rows)
+
+
+def test_sr_target_flag_errors(tmp_path, tiny_data):
+    for argv in (['--sr-target', '0.5'], ['-sr', '--sr-keep', '0.2'], ['-sr', '--sr-ramp', '0.3']):
+        with pytest.raises(SystemExit):
+            train.parse_args(argv)
+    base = ['--data', str(tiny_data), '--cfg', MINI, '--img-size', '128', '--workers', '0', '--project',
+            str(tmp_path / 'runs'), '-sr']
+    with pytest.raises(SystemExit, match=r'^error: --sr-target must be in \(0, 1\)'):
+        train.main([*base, '--prune', '1', '--sr-target', '1.5'])
+    with pytest.raises(SystemExit, match=r'^error: --sr-target prepares a channel cut .* not 2'):
+        train.main([*base, '--prune', '2', '--sr-target', '0.5'])
 
 
 def free_port():

@@ -76,6 +76,30 @@ def test_grad_hooks_once_per_step_on_unscaled_grads_and_their_terms_enter_the_up
             torch.testing.assert_close(weights['scaled'][k], weights['plain'][k], rtol=1e-6, atol=1e-9)
 
 
+def test_step_hooks_run_after_each_step_and_the_ema_update_and_see_the_schedule(tmp_path, tiny_data):
+    """--nbs 2 x batch over 4 micro-batches, with --ema: a step hook runs once per optimizer
+    step, after it (trainer.updates already counts it) and after the EMA update (the EMA's
+    update count too), with trainer.ni / trainer.nb of the batch it ran on; what it
+    writes into a parameter (of the model and of the EMA) is what the run saves."""
+    hyp = hyp_file(tmp_path, warmup_epochs=0, momentum=0.0, lr0=0.02)
+    trainer = make_trainer(tmp_path, tiny_data, '--epochs', '1', '--batch-size', '4', '--nbs', '8', '--hyp', hyp,
+                           '--notest', '--ema', '--name', 'step')
+    trainer.val_loader = None
+    calls, layer = [], 2
+
+    def hook(t):
+        calls.append((t.updates, t.ema.updates, t.ni, t.nb))
+        for m in (t.model, t.eval_model()):
+            with torch.no_grad():
+                m.module_list[layer].BatchNorm2d.weight[0] = 0.25
+    trainer.step_hooks.append(hook)
+    trainer.train()
+    assert calls == [(1, 1, 0, 4), (2, 2, 2, 4)]  # steps fall on batches 0 and 2 (ni % accumulate == 0)
+    ckpt = models.load_checkpoint(tmp_path / 'runs' / 'step' / 'weights' / 'last.pt')
+    key = f'module_list.{layer}.BatchNorm2d.weight'
+    assert ckpt['model'][key][0] == 0.25
+
+
 # ----------------------------------------------------------------------------- epoch hooks, transforms, extras
 
 class MarkedConv(torch.nn.Conv2d):

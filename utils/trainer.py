@@ -26,6 +26,9 @@ Hooks must be registered before ``setup()`` / ``train()``.
     backward, on the accumulated gradients, unscaled (AMP) and, under DDP, already averaged
     over ranks, right before ``optimizer.step``; a hook may change ``p.grad`` (BN sparsity).
     It runs on every rank.
+``step_hooks``: ``fn(trainer)``, called once per optimizer step, after ``optimizer.step`` and the
+    EMA update, on every rank; a hook may change parameters in place (a projection, such as
+    sparsity's ``--sr-target`` cap), on ``unwrap(trainer.ddp)`` and on ``trainer.eval_model()``.
 ``epoch_hooks``: ``fn(trainer, epoch) -> {column: float} | None``, called on the main process
     at the end of every epoch, after validation, before results.csv is written; the returned
     values become extra results.csv columns (after RESULT_FIELDS, in first-seen order; kept
@@ -34,7 +37,9 @@ Hooks must be registered before ``setup()`` / ``train()``.
     settings); the value must be torch.load(weights_only=True)-safe (tensors, numbers,
     strings, lists, dicts) and the key must not be one of the trainer's own.
 ``trainer.epoch`` / ``trainer.epochs``: the current epoch and the run's length, set at the
-    start of every epoch, for hooks with a schedule. ``trainer.resumed_extras``: under
+    start of every epoch, and ``trainer.ni`` (the batch index counted from epoch 0) and
+    ``trainer.nb`` (batches per epoch) at every batch, for hooks with a schedule.
+    ``trainer.resumed_extras``: under
     ``--resume``, the checkpoint's entries that are not the trainer's own (what features put in
     ckpt_extras), readable from ``model_transforms`` on. ``trainer.eval_model()`` is the model that
     is validated and saved (the EMA with ``--ema``).
@@ -87,6 +92,7 @@ class Trainer:
         self.model_transforms = []  # fn(trainer, model) -> model, before optimizer/EMA/DDP exist
         self.loss_terms = []  # fn(trainer, imgs, targets, heads) -> (loss scalar, {name: value})
         self.grad_hooks = []  # fn(trainer), once per optimizer step on accumulated, unscaled gradients
+        self.step_hooks = []  # fn(trainer), once per optimizer step, after it and the EMA update
         self.epoch_hooks = []  # fn(trainer, epoch) -> {column: float} | None, main process, end of epoch
         self.ckpt_extras = {}  # merged into every saved checkpoint
         self.epoch, self.epochs = None, opt.epochs
@@ -273,6 +279,7 @@ class Trainer:
         """One pass over the training loader. Returns (the epoch means of the logged items [box,
         obj, cls, the loss terms' values, total], the lr of the first param group at its end)."""
         opt, epochs, nb = self.opt, self.epochs, len(self.train_loader)
+        self.nb = nb
         warmup = self.hyp.get('warmup_epochs', 3)
         n_burn = max(round(warmup * nb), 100) if warmup > 0 else 0  # iterations; ni counts from epoch 0
         if self.world_size > 1 and hasattr(self.train_loader.sampler, 'set_epoch'):
@@ -288,7 +295,7 @@ class Trainer:
             pbar = tqdm(pbar, total=nb, bar_format='{l_bar}{bar:10}{r_bar}')
         self.optimizer.zero_grad(set_to_none=True)
         for i, (imgs, targets, paths, _) in pbar:
-            ni = i + nb * epoch  # integrated batch index
+            ni = self.ni = i + nb * epoch  # integrated batch index
             imgs = imgs.to(self.device, non_blocking=True).float().div_(255.0)
             imgs = imgs.contiguous(memory_format=torch.channels_last)
             self._adjust_lr(epoch, epochs, ni, n_burn, self.hyp.get('lrf', 0.05))
@@ -386,6 +393,8 @@ class Trainer:
             self.updates += 1
             if self.ema:
                 self.ema.update(self.model)
+            for hook in self.step_hooks:
+                hook(self)
         return loss.detach(), items
 
     def _with_term_columns(self, items, named):

@@ -114,6 +114,13 @@ def prune(out, sparse, plan, args):
     return json.loads(report.read_text())
 
 
+def saved_stage(report):
+    """The stage of a prune_report.json whose model the script saved (the compact model, or it
+    after adaptive BN where that lowered the held-out loss); reports written before the
+    decision existed saved their last stage."""
+    return next((st for st in report['stages'] if st.get('saved')), report['stages'][-1])
+
+
 def qat_hyp(out, args):
     """The dataset's recipe at args.lr_factor x lr0 without burn-in (upstream also dropped the
     learning rate tenfold for QAT), written once into --out."""

@@ -25,15 +25,22 @@ import numpy as np
 import torch
 
 import models
+from models import unwrap
 from utils.compress.layer_graph import IMAGE, LayerGraph
-from utils.compress.sparsity import bn_scales
 
-__all__ = ['bn_gammas', 'global_threshold', 'threshold_masks', 'round_up_masks', 'min_keep_masks',
-           'removed_groups', 'layer_keep_masks', 'check_not_empty', 'max_usable_percent', 'masked_model',
+__all__ = ['bn_scales', 'bn_gammas', 'global_threshold', 'threshold_masks', 'round_up_masks', 'min_keep_masks',
+           'removed_groups', 'layer_keep_masks', 'check_not_empty', 'threshold_removed', 'slim_removed',
+           'max_usable_percent', 'masked_model',
            'compact_model', 'layer_candidates', 'select_blocks']
 
 
 # ----------------------------------------------------------------------------- masks
+
+def bn_scales(model, layers):
+    """The BatchNorm weight (gamma) parameters of ``layers`` (of a model or its DDP wrapper)."""
+    model = unwrap(model)
+    return [model.module_list[i].BatchNorm2d.weight for i in layers]
+
 
 def bn_gammas(model, layers):
     """{layer: |gamma| (float CPU tensor [C])} of the BN layers ``layers``."""
@@ -117,6 +124,28 @@ def check_not_empty(graph, removed):
     for i, m in layer_keep_masks(graph, removed).items():
         if not m.any():
             raise ValueError(f'layer {i} would lose all {len(m)} channels')
+
+
+def threshold_removed(graph, scales, percent, rule='any', strict=False, adjust=None):
+    """The coupling groups a global-threshold plan removes: keep masks at the ``percent``
+    threshold of ``scales``, ``adjust(scales, masks)`` (a method's per-layer rule: rounding, a
+    floor), then ``removed_groups`` by ``rule``. ValueError if a layer would empty."""
+    masks = threshold_masks(scales, global_threshold(scales, percent), strict)
+    if adjust is not None:
+        masks = adjust(scales, masks)
+    removed = removed_groups(graph, masks, rule)
+    check_not_empty(graph, removed)
+    return removed
+
+
+def slim_removed(graph, scales, percent, layer_keep):
+    """Slim pruning's plan (slim_prune.py, and the target of sparsity training with
+    ``--sr-target``): strict global threshold, at least ``layer_keep`` of each layer, a residual
+    stage keeps the union of its convs' channels."""
+    if not 0 <= layer_keep <= 1:
+        raise ValueError(f'--layer_keep must be in [0, 1], got {layer_keep}')
+    return threshold_removed(graph, scales, percent, rule='any', strict=True,
+                             adjust=lambda sc, masks: min_keep_masks(sc, masks, layer_keep))
 
 
 def max_usable_percent(scales, plan):

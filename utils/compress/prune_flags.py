@@ -3,6 +3,16 @@ building a parser (``--help``) must not import it."""
 import argparse
 
 
+def percent_value(text):
+    """--percent: a number, or 'auto' (the cut a `train.py -sr --sr-target` run prepared)."""
+    if text == 'auto':
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def prune_parser(description, percent=None, shortcuts=None, layer_keep=None, channel_base=None):
     """The flags every pruning script shares (upstream spellings) plus the method's own."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -11,8 +21,9 @@ def prune_parser(description, percent=None, shortcuts=None, layer_keep=None, cha
                    'adaptive BN)')
     p.add_argument('--weights', required=True, help='the sparsity-trained checkpoint (.pt) or Darknet .weights')
     if percent is not None:
-        p.add_argument('--percent', type=float, default=percent,
-                       help='share of the candidate BN scales below the global threshold (default %(default)s)')
+        p.add_argument('--percent', type=percent_value, default=percent,
+                       help='share of the candidate BN scales below the global threshold (default %(default)s); '
+                            "'auto': exactly the channels a `train.py -sr --sr-target` run took to 0")
     if layer_keep is not None:
         p.add_argument('--layer_keep', '--layer-keep', type=float, default=layer_keep,
                        help='each layer keeps at least this share of its channels (default %(default)s)')

@@ -20,8 +20,7 @@ import models
 from utils.general import atomic_write_text, increment_path, user_errors
 from utils.compress.layer_graph import LayerGraph
 from utils.parse_config import CfgError, parse_data_cfg, read_names, write_cfg
-from utils.compress.prune import (bn_gammas, check_not_empty, compact_model, global_threshold, masked_model,
-                         max_usable_percent, removed_groups, threshold_masks)
+from utils.compress.prune import bn_gammas, compact_model, masked_model, max_usable_percent, threshold_removed
 
 SPARSITY_MODE = {'normal': 0, 'regular': 0, 'shortcut': 1, 'slim': 1, 'layer': 2, 'layer_channel': 1}
 
@@ -50,6 +49,20 @@ class PruneRun:
         self.graph = LayerGraph(self.model.module_defs, self.model.in_channels)
         self._loaders = {}
         self._check_sparsity()
+        if getattr(opt, 'percent', None) == 'auto':
+            opt.percent = self.prepared_percent()
+
+    def prepared_percent(self):
+        """--percent auto: the percent recorded by a --sr-target sparsity run, at which the global
+        threshold falls on the channels it took to 0."""
+        target = ((self.ckpt_info or {}).get('sparsity') or {}).get('target') or {}
+        percent = target.get('prune_percent')
+        if percent is None:
+            raise ValueError(f'--percent auto: {self.opt.weights} records no prepared cut (it comes from '
+                             '`train.py -sr --sr-target P`, once the cut has reached 0); give --percent a number')
+        print(f'--percent auto: {percent} (the channels `--sr-target {target["percent"]:g} --sr-keep '
+              f'{target["layer_keep"]:g}` took to 0)')
+        return percent
 
     def _check_sparsity(self):
         sparsity = self.ckpt_info.get('sparsity') if self.ckpt_info else None
@@ -72,19 +85,16 @@ class PruneRun:
             raise ValueError(f'{self.method} pruning: this model has no candidate layers for --prune {mode}')
         return bn_gammas(self.model, layers)
 
-    def threshold_plan(self, mode, percent, rule='any', strict=False, adjust=None):
+    def threshold_plan(self, mode, percent, rule='any', strict=False, adjust=None, removed_fn=None):
         """Removed coupling groups at the global ``percent`` threshold; ``adjust(masks)`` applies a
-        method's per-layer rule (rounding, floor). A percent that empties a layer is an error
-        stating the largest usable value."""
+        method's per-layer rule (rounding, floor), or ``removed_fn(graph, scales, percent)`` is the
+        whole plan. A percent that empties a layer is an error stating the largest usable value."""
         scales = self.scales(mode)
 
         def plan(p):
-            masks = threshold_masks(scales, global_threshold(scales, p), strict)
-            if adjust is not None:
-                masks = adjust(scales, masks)
-            removed = removed_groups(self.graph, masks, rule)
-            check_not_empty(self.graph, removed)
-            return removed
+            if removed_fn is not None:
+                return removed_fn(self.graph, scales, p)
+            return threshold_removed(self.graph, scales, p, rule, strict, adjust)
         try:
             return plan(percent)
         except ValueError as e:
@@ -123,17 +133,21 @@ class PruneRun:
         opt = self.opt
         out_dir, paths = self._out_paths(amount)  # before the minutes of evaluation: a bad --out fails now
         stages = [Stage('original', self.model, True)] + list(stages)
-        adapted = None
+        adapted, chosen = None, stages[-1]
         if opt.adapt_bn > 0:
             adapted = copy.deepcopy(stages[-1].model)
             stages.append(Stage(f'{stages[-1].label} + adaptive BN', adapted))
         for s in stages:
             if s.model is adapted:  # here, so the log reads in table order
-                adapt_bn(adapted, self.loader('train'), opt.adapt_bn)
+                heldout, stream = split_heldout(self.loader('train'), HELDOUT_IMAGES)
+                adapt_bn(adapted, stream, opt.adapt_bn)
+                chosen, self.adapt_decision = self.decide_adaptation(stages[-2], stages[-1], heldout)
             print(f'\nEvaluating {s.label}')
             s.metrics = self.evaluate(s.model)
             s.metrics['params'] = models.count_parameters(s.model)[0]
             s.metrics['gflops'] = models.layer_flops(s.model, opt.img_size)[1] / 1e9
+        for s in stages:
+            s.metrics['saved'] = s is chosen
         unique = {}
         for s in stages:  # full-size masked models run as fast as the original
             unique.setdefault(s.model.cfg_text(), s.model)
@@ -142,13 +156,27 @@ class PruneRun:
         by_cfg = dict(zip(unique, times))
         for s in stages:
             s.metrics['latency_ms'] = by_cfg[s.model.cfg_text()]
-        result = stages[-1]
+        result = chosen
         out = self._save(result.model, amount, stages, out_dir, paths)
         print(channel_table(self.graph, result.model))
         print(stage_table(stages))
         print(f'\nSaved {out["cfg"]}, {out["weights"]}, {out["pt"]}\nFine-tune: python3 train.py --weights {out["pt"]}'
               f' --data {opt.data}')
         return stages, out
+
+    def decide_adaptation(self, plain, adapted, heldout):
+        """Adaptive BN helps deep cuts and can hurt light ones: keep it only where it lowers the
+        detection loss on held-out training images (never used to re-estimate the statistics,
+        never the validation set). Returns (the stage to save, the decision for the report)."""
+        from utils.loss import YOLOLoss
+        from utils.parse_config import load_hyp
+        loss_fn = YOLOLoss(plain.model, load_hyp(self.data.get('hyp', 'data/hyp.yaml')))
+        losses = [heldout_loss(stage.model, heldout, loss_fn) for stage in (plain, adapted)]
+        use = losses[1] < losses[0]
+        print(f'Adaptive BN: held-out loss {losses[0]:.4g} without, {losses[1]:.4g} with '
+              f'({sum(len(b[0]) for b in heldout)} training images): {"kept" if use else "not kept"}')
+        return (adapted if use else plain), {'used': bool(use), 'loss_without': losses[0], 'loss_with': losses[1],
+                                              'heldout_images': sum(len(b[0]) for b in heldout)}
 
     def _out_paths(self, amount):
         """The output folder and the cfg/weights/pt paths; ValueError if they would overwrite an
@@ -176,6 +204,7 @@ class PruneRun:
                                pruning={'method': self.method, 'amount': str(amount), 'source': str(opt.weights)})
         report = {'method': self.method, 'amount': str(amount), 'weights': str(opt.weights), 'cfg': str(opt.cfg),
                   'data': str(opt.data), 'img_size': opt.img_size, 'adapt_bn_images': opt.adapt_bn,
+                  'adaptive_bn': getattr(self, 'adapt_decision', None),
                   'stages': [{'label': s.label, **s.metrics} for s in stages],
                   'layers': layer_rows(self.graph, model),
                   'files': {k: str(v) for k, v in paths.items()}}
@@ -213,10 +242,12 @@ def stage_table(stages):
     for k, s in enumerate(stages):
         m = s.metrics
         same = '*' if s.full_size and k else ' '  # a full-size masked model runs as the original does
+        saved = '  <- saved' if m.get('saved') and k else ''
         lines.append(f'{s.label:<40} {m["map50"]:>8.4f} {m["map50_95"]:>10.4f} {m["params"]:>11,} '
-                     f'{m["gflops"]:>8.3f} {m["latency_ms"]:>8.2f}{same}')
-    base, last = stages[0].metrics, stages[-1].metrics
-    lines.append(f'{"final / original":<40} {last["map50"] - base["map50"]:>+8.4f} '
+                     f'{m["gflops"]:>8.3f} {m["latency_ms"]:>8.2f}{same}{saved}')
+    base = stages[0].metrics
+    last = next((s.metrics for s in stages if s.metrics.get('saved')), stages[-1].metrics)
+    lines.append(f'{"saved / original":<40} {last["map50"] - base["map50"]:>+8.4f} '
                  f'{last["map50_95"] - base["map50_95"]:>+10.4f} {last["params"] / base["params"]:>11.3f} '
                  f'{last["gflops"] / base["gflops"]:>8.3f} {last["latency_ms"] / base["latency_ms"]:>8.3f}')
     if any(s.full_size for s in stages[1:]):
@@ -239,9 +270,44 @@ def plot_channels(rows, path, title):
 
 # ----------------------------------------------------------------------------- adaptive BN, latency
 
+HELDOUT_IMAGES = 64  # training images that decide whether adaptive BN is kept
+
+
+def split_heldout(loader, n_images):
+    """([(imgs, targets)] of the first ``n_images`` images of one pass over ``loader``, an endless
+    stream of (imgs, ...) batches that continues after them, pass after pass)."""
+    it = iter(loader)
+    heldout, seen = [], 0
+    for imgs, targets, *_ in it:
+        heldout.append((imgs, targets))
+        seen += len(imgs)
+        if seen >= n_images:
+            break
+
+    def stream():
+        yield from it
+        while True:
+            yield from loader
+    return heldout, stream()
+
+
+@torch.no_grad()
+def heldout_loss(model, batches, loss_fn):
+    """Mean detection loss (per batch) of ``model`` in eval mode on [(imgs uint8, targets)]."""
+    device = next(model.parameters()).device
+    model.eval()
+    total = 0.0
+    for imgs, targets in batches:
+        imgs = imgs.to(device).float() / 255.0
+        _, raw = model(imgs)
+        total += float(loss_fn(raw, targets.to(device), imgs.shape[-2:])[0])
+    return total / len(batches)
+
+
 def adapt_bn(model, loader, n_images):
     """Re-estimate every BN layer's running statistics on ``n_images`` training images: train-mode
-    forwards without gradients, cumulative averages (EagleEye, ECCV 2020)."""
+    forwards without gradients, cumulative averages (EagleEye, ECCV 2020). ``loader``: any
+    iterable of (imgs uint8, ...) batches, re-iterated until ``n_images`` were seen."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     saved = [m.momentum for m in bns]
     for m in bns:

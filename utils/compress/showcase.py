@@ -19,7 +19,7 @@ from pathlib import Path
 
 from utils.general import atomic_write_text
 from utils.compress.pipeline import (DEFAULT_PLANS, ROOT, StageFailed, evaluate, export, parse_plan, plan_name, prune,
-                            qat_hyp, train)
+                                     qat_hyp, saved_stage, train)
 
 QUICK_PLANS = ['slim:0.76:k0.2']  # 80% of the parameters go; fine-tunes back to the baseline's mAP
 # epochs per stage: the full budgets are the measured recipes (README "Pruning", bench_quant);
@@ -190,7 +190,7 @@ class Showcase:
         rows = []
         for plan in self.args.plans:
             report = prune(self.out, self.rec['sparsity']['pt'], plan, self.args)
-            original, final = report['stages'][0], report['stages'][-1]
+            original, final = report['stages'][0], saved_stage(report)
             compact = next(s for s in report['stages'] if s['label'].startswith('compact'))
             rows.append({'plan': plan, 'pt': report['files']['pt'], 'params': final['params'],
                          'gflops': final['gflops'], 'removed': 1 - final['params'] / original['params'],

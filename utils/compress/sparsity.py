@@ -2,6 +2,7 @@
 pruning method may remove, so that training drives the unneeded channels towards zero.
 
     python3 train.py --weights base.pt -sr --s 0.001 --prune 0 [--sr-schedule constant|step|cosine]
+    python3 train.py --weights base.pt -sr --s 0.01 --prune 1 --sr-target 0.76 --sr-keep 0.2   # a cut-ready model
 
     from utils.compress.sparsity import attach_sparsity
     attach_sparsity(trainer, s=0.001, prune=0, schedule='constant')   # before trainer.train()
@@ -20,6 +21,25 @@ The penalised layers are ``LayerGraph(cfg).prune_set(prune)`` (utils/compress/la
 convs that the pruners of that mode may cut (0 = normal/regular, 1 = shortcut/slim/
 layer-channel, 2 = layer pruning). BN gammas are in the no-weight-decay group, so only the
 penalty shrinks them.
+
+Targeted sparsity (``--sr-target P [--sr-keep K --sr-ramp R]``): the L1 term shrinks every
+penalised gamma alike, so after a few epochs most of what an 80% cut removes still carries
+signal and the model collapses until it is fine-tuned. With a target, training is steered to
+the cut it prepares: at the first step of every epoch of the ramp, the channels that
+``slim_prune.py --percent P --layer_keep K`` would remove from the current gammas are chosen
+(``utils.compress.prune.slim_removed``: the pruner's own rule, coupling groups included), and
+after every optimizer step (a ``Trainer.step_hooks`` hook, on the model and its EMA) they are
+multiplied by s(now) / s(previous step), s(progress) = 1 - progress / R, progress the
+fraction of training done: each fades in proportion to its own size (the optimizer may move
+it in between), and from progress R on they are exactly 0 and the choice is frozen: the rest of the run trains the network around the cut (a
+gradual prune-and-recover schedule, Zhu & Gupta 2017, on Network Slimming's channel choice),
+so the cut itself changes nothing but the zero padding at the border of k x k consumers
+(β folding, utils/compress/prune.py). The cut is then made with the --percent that falls on the
+zeros (``CutTarget.prune_percent``; train.py prints the command and the checkpoint records it
+as ``sparsity.target.prune_percent``): P itself would also take live channels, since residual
+stages keep channels that only some of their convs put below the threshold. ``--s`` keeps its meaning on every penalised gamma
+(``--s 0`` for the target alone). Results columns: ``sr_target_frac`` (chosen fraction of
+the penalised channels) and ``sr_scale`` (s at the epoch's end).
 
 Schedules of lambda over the epochs (``scheduled_lambda``): ``constant``; ``step``: lambda for
 the first half of the epochs, 0.1 x lambda from epoch E/2 on (the sparsity is mostly reached
@@ -41,9 +61,10 @@ import torch
 
 from models import unwrap
 from utils.compress.layer_graph import LayerGraph
+from utils.compress.prune import bn_gammas, bn_scales, layer_keep_masks, slim_removed
 
-__all__ = ['SCHEDULES', 'PRUNE_MODES', 'SPARSE_THRESHOLD', 'BNSparsity', 'attach_sparsity', 'penalised_layers',
-           'bn_scales', 'add_l1_subgradient_', 'scheduled_lambda', 'gamma_stats']
+__all__ = ['SCHEDULES', 'PRUNE_MODES', 'SPARSE_THRESHOLD', 'BNSparsity', 'CutTarget', 'attach_sparsity',
+           'penalised_layers', 'add_l1_subgradient_', 'scheduled_lambda', 'gamma_stats', 'scale_gammas_']
 
 SCHEDULES = ('constant', 'step', 'cosine')
 PRUNE_MODES = {0: 'normal/regular', 1: 'shortcut/slim/layer-channel', 2: 'layer'}
@@ -63,12 +84,6 @@ def penalised_layers(model, prune):
         raise ValueError(f'-sr --prune {prune} ({PRUNE_MODES[prune]} pruning): this model has no layer that this '
                          f'mode may prune{why}; choose another --prune or cfg')
     return layers
-
-
-def bn_scales(model, layers):
-    """The BatchNorm weight (gamma) parameters of ``layers``."""
-    model = unwrap(model)
-    return [model.module_list[i].BatchNorm2d.weight for i in layers]
 
 
 @torch.no_grad()
@@ -101,29 +116,114 @@ def gamma_stats(model, layers, threshold=SPARSE_THRESHOLD):
     return gammas, {'sparse_frac': float((gammas < threshold).mean()), 'gamma_mean': float(gammas.mean())}
 
 
+@torch.no_grad()
+def scale_gammas_(model, chosen, factor):
+    """gamma *= ``factor`` for the channels ``chosen`` ({layer: bool mask [C]}) of ``model``."""
+    model = unwrap(model)
+    for i, mask in chosen.items():
+        g = model.module_list[i].BatchNorm2d.weight
+        m = mask.to(g.device)
+        g[m] = g[m] * factor
+
+
+class CutTarget:
+    """The ``--sr-target`` state: the channels a slim cut at ``percent`` / ``layer_keep`` removes,
+    re-chosen each epoch of the ramp, and the decay that takes them to 0 (module docstring)."""
+
+    def __init__(self, percent, layer_keep=0.01, ramp=0.5):
+        if not 0 < percent < 1:
+            raise ValueError(f'--sr-target must be in (0, 1) (the --percent of the slim cut it prepares), got {percent}')
+        if not 0 <= layer_keep <= 1:
+            raise ValueError(f'--sr-keep must be in [0, 1], got {layer_keep}')
+        if not 0 < ramp <= 1:
+            raise ValueError(f'--sr-ramp must be in (0, 1] (the fraction of training that takes the cut to 0), '
+                             f'got {ramp}')
+        self.percent, self.layer_keep, self.ramp = float(percent), float(layer_keep), float(ramp)
+        self.chosen, self.chosen_epoch, self.graph, self.layers = {}, None, None, None
+        self.cut_percent = None  # the slim --percent that removes the zeros (known once they are 0)
+
+    def settings(self):
+        return {'percent': self.percent, 'layer_keep': self.layer_keep, 'ramp': self.ramp,
+                'prune_percent': self.cut_percent}
+
+    def progress(self, trainer, steps_back=0):
+        """Fraction of the run's batches done after the current step (``steps_back`` batches earlier)."""
+        return min(1.0, max(0.0, (trainer.ni + 1 - steps_back) / (trainer.nb * trainer.epochs)))
+
+    def scale(self, progress):
+        """The share of its value a chosen gamma keeps at ``progress``: 1 - progress / ramp, then 0."""
+        return max(0.0, 1.0 - progress / self.ramp)
+
+    def choose(self, model):
+        """{layer: mask of the channels to take to 0}: what slim pruning at ``percent`` /
+        ``layer_keep`` removes from the current gammas (whole coupling groups)."""
+        removed = slim_removed(self.graph, bn_gammas(model, self.layers), self.percent, self.layer_keep)
+        return {i: ~keep for i, keep in layer_keep_masks(self.graph, removed).items()}
+
+    def prune_percent(self, model):
+        """The slim --percent that removes exactly the channels at 0 in ``model``: slim's threshold
+        is the gamma at index int(N x percent) of the N sorted |gamma|, so it falls on 0 when
+        that index is below the Z zeros (at ``percent`` itself it falls on live channels: the
+        union rule of residual stages keeps some channels below it, so Z < N x percent)."""
+        gammas = torch.cat(list(bn_gammas(model, self.layers).values()))
+        n, zeros = len(gammas), int((gammas == 0).sum())
+        return math.floor((zeros - 0.5) / n * 1e4) / 1e4 if zeros else None
+
+    def on_step(self, trainer, model, eval_model):
+        """After an optimizer step: re-choose at an epoch's first step while the ramp runs, then
+        shrink the chosen gammas of ``model`` and ``eval_model`` from the previous step's scale
+        to this one's (so each follows 1 - progress / ramp from when it was chosen; 0 exactly
+        from the ramp's end). Returns this step's scale."""
+        now, before = self.scale(self.progress(trainer)), self.scale(self.progress(trainer, trainer.current_accumulate))
+        if not self.chosen or (before > 0 and self.chosen_epoch != trainer.epoch):
+            self.chosen, self.chosen_epoch = self.choose(model), trainer.epoch
+        factor = now / before if before > 0 else 0.0
+        scale_gammas_(model, self.chosen, factor)
+        if eval_model is not unwrap(model):
+            scale_gammas_(eval_model, self.chosen, factor)
+        return now
+
+    def chosen_fraction(self, n_penalised):
+        return sum(int(m.sum()) for m in self.chosen.values()) / n_penalised
+
+
 class BNSparsity:
     """The sparsity feature's state and its Trainer hooks (``attach_sparsity`` registers them)."""
 
-    def __init__(self, s, prune, schedule='constant'):
+    def __init__(self, s, prune, schedule='constant', target=None):
         if s is None or not s >= 0:
             raise ValueError(f'--s must be >= 0, got {s}')
         if prune not in PRUNE_MODES:
             raise ValueError(f'--prune must be one of {sorted(PRUNE_MODES)}, got {prune}')
         if schedule not in SCHEDULES:
             raise ValueError(f'--sr-schedule must be one of {list(SCHEDULES)}, got {schedule!r}')
-        self.s, self.prune, self.schedule = float(s), int(prune), schedule
+        if target is not None and prune == 2:
+            raise ValueError('--sr-target prepares a channel cut (slim rule); it needs --prune 0 or 1, not 2')
+        self.s, self.prune, self.schedule, self.target = float(s), int(prune), schedule, target
         self.layers = None  # known once the model is (model_transform)
+        self.n_channels = 0
+        self.last_scale = None
         self.hist = {'epochs': [], 'edges': [], 'counts': []}  # one |gamma| histogram per epoch
 
     def settings(self):
-        return {'prune': self.prune, 's': self.s, 'schedule': self.schedule, 'layers': list(self.layers or [])}
+        out = {'prune': self.prune, 's': self.s, 'schedule': self.schedule, 'layers': list(self.layers or [])}
+        if self.target is not None:
+            out['target'] = self.target.settings()
+        return out
 
     # ---------------------------------------------------------------- hooks
     def on_model(self, trainer, model):
         """model_transform: find the penalised layers of the model actually trained (its cfg
         may come from --weights or the resumed checkpoint); restore a resumed run's histograms."""
         self.layers = penalised_layers(model, self.prune)
-        n = sum(g.numel() for g in bn_scales(model, self.layers))
+        n = self.n_channels = sum(g.numel() for g in bn_scales(model, self.layers))
+        if self.target is not None:
+            self.target.graph, self.target.layers = LayerGraph(unwrap(model).module_defs), self.layers
+            try:  # a cut that empties a layer is a flag error now, not at the first step
+                self.target.choose(model)
+            except ValueError as e:
+                raise ValueError(f'--sr-target {self.target.percent:g} --sr-keep {self.target.layer_keep:g}: {e}; '
+                                 'lower --sr-target or raise --sr-keep') from None
         trainer.ckpt_extras['sparsity'] = self.settings()
         saved = trainer.resumed_extras.get('sparsity_hist')
         if saved:
@@ -132,6 +232,10 @@ class BNSparsity:
         if trainer.main:
             print(f'Sparsity: lambda {self.s:g} per optimizer step ({self.schedule}) on the BN scales of '
                   f'{len(self.layers)} layers, {n} channels (--prune {self.prune}: {PRUNE_MODES[self.prune]})')
+            t = self.target
+            if t is not None:
+                print(f'Sparsity target: the channels of a slim cut at --percent {t.percent:g} --layer_keep '
+                      f'{t.layer_keep:g}, faded to 0 over the first {t.ramp:.0%} of training, then held at 0')
         return model
 
     def on_grads(self, trainer):
@@ -139,6 +243,10 @@ class BNSparsity:
         lam = scheduled_lambda(self.s, self.schedule, trainer.epoch, trainer.epochs)
         if lam:
             add_l1_subgradient_(bn_scales(trainer.ddp, self.layers), lam)
+
+    def on_step(self, trainer):
+        """step hook (--sr-target): shrink the chosen gammas of the model and its EMA."""
+        self.last_scale = self.target.on_step(trainer, trainer.ddp, trainer.eval_model())
 
     def on_epoch_end(self, trainer, epoch):
         """epoch hook: results.csv columns and bn_hist.png."""
@@ -154,7 +262,19 @@ class BNSparsity:
                                                 'edges': torch.stack(self.hist['edges']),
                                                 'counts': torch.stack(self.hist['counts'])}
         self.plot(trainer.save_dir / 'bn_hist.png')
-        return {**stats, 'sr_lambda': scheduled_lambda(self.s, self.schedule, epoch, trainer.epochs)}
+        columns = {**stats, 'sr_lambda': scheduled_lambda(self.s, self.schedule, epoch, trainer.epochs)}
+        if self.target is not None and self.last_scale is not None:
+            columns.update(sr_target_frac=self.target.chosen_fraction(self.n_channels), sr_scale=self.last_scale)
+            if self.last_scale == 0:
+                t = self.target
+                t.cut_percent = t.prune_percent(trainer.eval_model())
+                trainer.ckpt_extras['sparsity'] = self.settings()
+                if epoch == trainer.epochs - 1 and t.cut_percent is not None:
+                    print(f'Sparsity target reached: {t.chosen_fraction(self.n_channels):.1%} of the penalised '
+                          f'channels are 0. Cut them: python3 slim_prune.py --weights '
+                          f'{trainer.save_dir / "weights" / "best.pt"} --percent {t.cut_percent} --layer_keep '
+                          f'{t.layer_keep:g}')
+        return columns
 
     def plot(self, path):
         from utils.plots import plot_stacked_histograms
@@ -165,12 +285,16 @@ class BNSparsity:
             title=f'-sr --s {self.s:g} --prune {self.prune} ({len(self.layers)} layers, {self.schedule})')
 
 
-def attach_sparsity(trainer, s, prune, schedule='constant'):
-    """Register BN-sparsity training on ``trainer`` (before it builds its model); returns the
-    BNSparsity holding its state."""
-    feature = BNSparsity(s, prune, schedule)
+def attach_sparsity(trainer, s, prune, schedule='constant', target=None, target_keep=0.01, ramp=0.5):
+    """Register BN-sparsity training on ``trainer`` (before it builds its model); ``target``: the
+    --percent of the slim cut to prepare (--sr-target), ``target_keep`` its --layer_keep,
+    ``ramp`` the fraction of training that takes it to 0. Returns the BNSparsity holding its state."""
+    cut = None if target is None else CutTarget(target, target_keep, ramp)
+    feature = BNSparsity(s, prune, schedule, cut)
     trainer.model_transforms.append(feature.on_model)
     trainer.grad_hooks.append(feature.on_grads)
+    if cut is not None:
+        trainer.step_hooks.append(feature.on_step)
     trainer.epoch_hooks.append(feature.on_epoch_end)
     trainer.ckpt_extras['sparsity'] = feature.settings()
     return feature
