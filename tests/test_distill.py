@@ -93,6 +93,31 @@ def test_loss_is_zero_for_the_teacher_itself_positive_otherwise_and_only_the_stu
     student.load_state_dict(student.state_dict())
 
 
+@pytest.mark.parametrize('strategy', [1, 3, 5])
+def test_kd_weight_scales_every_term(strategy):
+    """--kd-weight W: every column (and so the loss) is W times the column at weight 1, on the
+    same batch, student and teacher; the weight is in the checkpoint's distill settings."""
+    torch.manual_seed(0)
+    hyp = load_hyp('data/hyp.shapes.yaml')
+    teacher = models.Darknet(MINI, img_size=IMG).eval().requires_grad_(False)
+    student = models.Darknet(narrow(MINI), img_size=IMG).train()
+    imgs, targets = torch.rand(2, 3, IMG, IMG), targets_for(2)
+    columns = {}
+    for weight in (1.0, 4.0):
+        kd = Distiller(strategy, 'teacher.pt', teacher=teacher, weight=weight)
+        model = copy.deepcopy(student)
+        torch.manual_seed(1)  # the adapters' initialisation
+        kd.prepare(model, IMG)
+        loss, columns[weight] = kd.loss(model(imgs), imgs, targets, YOLOLoss(model, hyp), model)
+        torch.testing.assert_close(loss.detach(), sum(columns[weight].values()))
+        assert kd.settings()['weight'] == weight
+    for name, value in columns[1.0].items():
+        assert value.item() > 0
+        torch.testing.assert_close(columns[4.0][name], 4.0 * value)
+    with pytest.raises(ValueError, match='--kd-weight must be > 0'):
+        Distiller(strategy, 'teacher.pt', teacher=teacher, weight=-1)
+
+
 def test_fine_grained_mask_by_hand():
     """A 64 px input, one 24 x 24 box centred at (32, 32) on image 1 of 2; head A: stride 16
     (4 x 4 grid), anchors 24 and 64 px; head B: stride 8 (8 x 8), anchors 16 and 8 px.
@@ -286,6 +311,8 @@ def test_teacher_of_another_head_layout_is_one_clear_error(tmp_path, tiny_data, 
     (['--t_weights', 'a.pt'], r'--t_weights: only used by distillation, which is off; add --KDstr'),
     (['--KDstr', '1', '--t_weights', 'a.weights'], r'--t_weights a.weights: Darknet weights carry no cfg; add --t_cfg'),
     (['--KDstr', '6', '--t_weights', 'a.pt'], r'--KDstr/--kdstr: invalid choice: 6 (choose from 1, 2, 3, 4, 5)'),
+    (['--kd-weight', '5'], r'--kd-weight: only used by distillation, which is off; add --KDstr'),
+    (['--KDstr', '1', '--t_weights', 'a.pt', '--kd-weight', '0'], r'--kd-weight 0.0: must be > 0'),
 ])
 def test_inconsistent_flags_are_parser_errors(args, message, capsys):
     with pytest.raises(SystemExit):

@@ -13,7 +13,8 @@ model transforms (so never quantized). Every micro-batch (a ``Trainer.loss_terms
 runs under ``no_grad`` on exactly the batch the student sees (augmented, multi-scale resized),
 and the KD loss below is added to the detection loss. T = 3 everywhere; ``KL`` is
 ``T^2 KL(softmax(t/T) || softmax(s/T))`` summed over rows; every term is a per-image mean
-(divided by the batch size), so a DDP run equals a single-process one.
+(divided by the batch size), so a DDP run equals a single-process one. ``--kd-weight W``
+multiplies every weight below: upstream's keep KD at a few percent of the detection loss.
 
     KDstr 1  ``kd``:      1e-3 KL over every anchor-cell's whole output row (tx, ty, tw, th, obj, classes)
     KDstr 2  ``kd_cls``:  1e-4 KL over every anchor-cell's (obj, classes) row
@@ -250,10 +251,13 @@ class Distiller:
     """The distillation feature's state (teacher, feature pairs, adapters) and its Trainer
     hooks (``attach_distillation`` registers them)."""
 
-    def __init__(self, strategy, t_weights='', t_cfg='', teacher=None):
+    def __init__(self, strategy, t_weights='', t_cfg='', teacher=None, weight=1.0):
         if strategy not in STRATEGIES:
             raise ValueError(f'--KDstr must be one of {sorted(STRATEGIES)}, got {strategy}')
+        if not weight > 0:
+            raise ValueError(f'--kd-weight must be > 0, got {weight}')
         self.strategy, self.t_weights, self.t_cfg = int(strategy), str(t_weights or ''), str(t_cfg or '')
+        self.weight = float(weight)  # --kd-weight: multiplies every term's WEIGHTS entry
         self.teacher = teacher  # loaded by on_model unless given (tests)
         self.pairs, self.adapters = [], None
         self.temperature, self.psi = TEMPERATURE, PSI
@@ -264,7 +268,7 @@ class Distiller:
 
     def settings(self):
         adapters = {k: v.detach().cpu().clone() for k, v in self.adapters.state_dict().items()} if self.adapters else {}
-        return {'KDstr': self.strategy, 't_weights': self.t_weights, 't_cfg': self.t_cfg,
+        return {'KDstr': self.strategy, 't_weights': self.t_weights, 't_cfg': self.t_cfg, 'weight': self.weight,
                 'pairs': [list(p[:2]) for p in self.pairs], 'adapters': adapters}
 
     def prepare(self, student, img_size):
@@ -307,7 +311,7 @@ class Distiller:
                                    for s, t in zip(heads, teacher_heads)) / batch}
         if self.uses_features:
             terms['kd_feat'] = self._feature_term(unwrap(student), heads, targets, img_hw, loss_fn) / batch
-        weighted = {k: v * weights[k] for k, v in terms.items()}
+        weighted = {k: v * (weights[k] * self.weight) for k, v in terms.items()}
         return sum(weighted.values()), {k: v.detach() for k, v in weighted.items()}
 
     def _box_term(self, heads, teacher_heads, targets, img_hw, loss_fn):
@@ -365,7 +369,8 @@ class Distiller:
             feats = (f', {len(self.pairs)} feature pairs (student:teacher layers '
                      f'{" ".join(f"{i}:{j}" for i, j, _, _ in self.pairs)}; 1x1 adapters at {adapted or "none"})'
                      if self.uses_features else '')
-            print(f'Distillation: KDstr {self.strategy} ({STRATEGIES[self.strategy]}) from {self.t_weights}{feats}')
+            scale = f' x {self.weight:g} (--kd-weight)' if self.weight != 1 else ''
+            print(f'Distillation: KDstr {self.strategy} ({STRATEGIES[self.strategy]}){scale} from {self.t_weights}{feats}')
         return model
 
     def on_loss(self, trainer, imgs, targets, heads):
@@ -377,9 +382,10 @@ class Distiller:
         trainer.ckpt_extras['distill'] = self.settings()
 
 
-def attach_distillation(trainer, t_weights, strategy, t_cfg=''):
-    """Register distillation on ``trainer`` (before it builds its model); returns the Distiller."""
-    feature = Distiller(strategy, t_weights, t_cfg)
+def attach_distillation(trainer, t_weights, strategy, t_cfg='', weight=1.0):
+    """Register distillation on ``trainer`` (before it builds its model); ``weight`` (--kd-weight)
+    multiplies every term. Returns the Distiller."""
+    feature = Distiller(strategy, t_weights, t_cfg, weight=weight)
     trainer.model_transforms.append(feature.on_model)
     trainer.loss_terms.append(feature.on_loss)
     trainer.epoch_hooks.append(feature.on_epoch_end)
