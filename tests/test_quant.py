@@ -296,9 +296,9 @@ def quantized_random(cfg, spec, seed=0, size=128):
 
 
 @pytest.mark.parametrize('cfg', ['cfg/yolov3-mini-shapes.cfg', MOBILE])
-@pytest.mark.parametrize('bits', [8, 4])
-def test_integer_forward_is_bit_exact_for_fpga(cfg, bits):
-    model, x = quantized_random(cfg, QuantSpec('google', bits, bits, bn_fold=True, fpga=True))
+@pytest.mark.parametrize('bits,ranges', [(8, 'minmax'), (4, 'minmax'), (4, 'mse')])
+def test_integer_forward_is_bit_exact_for_fpga(cfg, bits, ranges):
+    model, x = quantized_random(cfg, QuantSpec('google', bits, bits, bn_fold=True, fpga=True, ranges=ranges))
     params = export_qparams(model)
     with torch.no_grad():
         raw = model(x)[1]
@@ -335,6 +335,40 @@ def test_integer_forward_matches_fake_quant_within_one_step(spec):
         assert (trace[i] == codes[i].long().numpy()).mean() > 0.85, i
     for h, r, bound in zip(heads, raw, head_step_bounds(params, model)):
         assert np.abs(h - r.numpy()).max() <= bound
+
+
+def test_mse_ranges():
+    """--qrange mse: weights already on a 4-bit grid keep the min/max scale (error 0); a row with
+    an outlier gets a clipped scale with less error, its codes within +-code_max; a long-tailed
+    activation batch gets a clipped range with less error; with power-of-two scales the chosen
+    activation scale is a power of two at most the min/max one."""
+    grid = torch.arange(-7, 8, dtype=torch.float32).repeat(4, 2).view(4, 30, 1, 1) * torch.tensor([1, 2, 4, 8.]).view(4, 1, 1, 1)
+    s_mm = weight_qparams(grid, 4)[0]
+    s_mse, _, lo, hi = weight_qparams(grid, 4, mse=True)
+    assert torch.equal(s_mse, s_mm) and (lo, hi) == (-7, 7)
+    torch.manual_seed(0)
+    w = torch.randn(6, 40, 3, 3)
+    w[:, 0, 0, 0] = 12.0  # one outlier per channel
+    for code_max in (7, 4):
+        errors = []
+        for mse in (False, True):
+            scale, zp, lo, hi = weight_qparams(w, 4, code_max=code_max, mse=mse)
+            q = torch.fake_quantize_per_channel_affine(w, scale, zp, 0, lo, hi)
+            errors.append(float((q - w).square().sum()))
+            assert (q / scale.view(-1, 1, 1, 1)).round().abs().max() <= code_max
+        assert errors[1] < 0.8 * errors[0], errors
+    x = torch.rand(2, 8, 32, 32).square() * 4  # long tail towards 4
+    x[0, 0, 0, 0] = 40.0
+    for mode in ('affine', 'pow2'):
+        errors, scales = [], []
+        for mse in (False, True):
+            q = ActQuant(4, mode=mode, mse=mse).train()
+            y = q(x)
+            errors.append(float((y - x).square().sum()))
+            scales.append(float(q.qparams()[0]))
+        assert errors[1] < 0.7 * errors[0] and scales[1] < scales[0], (mode, errors, scales)
+        if mode == 'pow2':
+            assert math.log2(scales[1]).is_integer()
 
 
 def test_qparams_file_layout(tmp_path):

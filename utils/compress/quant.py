@@ -50,10 +50,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import ConvBlock, register_checkpoint_transform
-from utils.compress.quant_flags import BITS, SCHEMES
+from utils.compress.quant_flags import BITS, RANGES, SCHEMES
 from utils.general import INT16_MAX
 
 EMA_MOMENTUM = 0.1  # activation observer: range <- 0.9 range + 0.1 batch range (first batch copied)
+MSE_CLIPS = torch.linspace(0.25, 1.0, 16).tolist()  # --qrange mse: candidate fractions of the min/max range
+MSE_SAMPLE = 1 << 15  # activation elements the range search looks at per batch (a strided sample)
+POW2_STEPS_DOWN = 3  # --qrange mse with power-of-two scales: the min/max scale and up to 3 halvings
 DOREFA_ALPHA = 10.0  # clip of DoReFa activations (upstream's 0.1 pre-scale, undone)
 
 
@@ -67,6 +70,7 @@ class QuantSpec:
     bn_freeze: float = 0.9  # fraction of the optimizer steps after which BN folding uses running stats
     edge_bits: int = 8  # the first conv (the image) and the head convs use at least this many bits; 0 = uniform
     full_range: bool = False  # weights use all 2^(b-1)-1 codes even where int8 kernels without VNNI saturate
+    ranges: str = 'minmax'  # 'minmax' | 'mse': how weight and activation ranges are set (Google scheme)
 
     def __post_init__(self):
         if self.scheme not in SCHEMES.values():
@@ -83,6 +87,10 @@ class QuantSpec:
             raise ValueError(f'--edge-bits {self.edge_bits}: expected 0 (uniform) or one of {BITS}')
         if self.edge_bits <= min(self.a_bits, self.w_bits):  # no effect: one spelling of "uniform"
             object.__setattr__(self, 'edge_bits', 0)
+        if self.ranges not in RANGES:
+            raise ValueError(f'--qrange {self.ranges}: expected one of {RANGES}')
+        if self.ranges != 'minmax' and self.scheme != 'google':
+            raise ValueError('--qrange mse applies to --quantized 1 (Google); DoReFa sets its own ranges')
         if not 0.0 <= self.bn_freeze <= 1.0:
             raise ValueError(f'--bn-freeze {self.bn_freeze}: expected a fraction of the training in [0, 1]')
 
@@ -104,6 +112,8 @@ class QuantSpec:
         extras = ' + BN fold' * self.bn_fold + ' + FPGA (power-of-two scales)' * self.fpga
         if self.edge_bits > min(self.a_bits, self.w_bits):
             extras += f' (first and head convs at {self.edge_bits} bits)'
+        if self.ranges == 'mse':
+            extras += ' (MSE-optimal ranges)'
         if self.full_range and self.scheme == 'google' and min(self.a_bits, self.w_bits) <= 8:
             extras += ' (full-range weights: int8 kernels without VNNI may saturate)'
         return f'{name} a{self.a_bits}/w{self.w_bits}{extras}'
@@ -139,24 +149,54 @@ def safe_weight_code_max(w_bits, act_qmin, act_qmax):
     return min(full, INT16_MAX // (2 * max_byte))
 
 
-def weight_qparams(w, bits, per_channel=True, pow2=False, code_max=None):
+def _quant_error(x, scale, qmin, qmax):
+    """Squared quantization error of ``x`` [C, K] (or [K]) at ``scale`` [C] (or []), summed per row."""
+    s = scale.unsqueeze(-1) if scale.ndim else scale
+    err = (torch.clamp(torch.round(x / s), qmin, qmax) * s - x).square()
+    return err.sum(-1)
+
+
+def _mse_scales(x, base_scale, qmin, qmax, pow2):
+    """The scale among ``base_scale`` x MSE_CLIPS (pow2: ``base_scale`` / 2^k, k < POW2_STEPS_DOWN)
+    with the least squared error on ``x`` [C, K] / [K] (per row where ``base_scale`` is [C])."""
+    factors = [2.0 ** -k for k in range(POW2_STEPS_DOWN)] if pow2 else MSE_CLIPS
+    best, best_err = base_scale, None
+    for f in factors:
+        scale = base_scale * f
+        err = _quant_error(x, scale, qmin, qmax)
+        if best_err is None:
+            best, best_err = scale, err
+        else:
+            better = err < best_err
+            best, best_err = torch.where(better, scale, best), torch.where(better, err, best_err)
+    return best
+
+
+def weight_qparams(w, bits, per_channel=True, pow2=False, code_max=None, mse=False):
     """Symmetric signed quantization of a weight (or bias) tensor: (scale [C] or [], zero
     point int32 like scale, qmin, qmax). Range [-2^(b-1), 2^(b-1)-1]; max|w| maps to
     ``code_max`` (default 2^(b-1)-1; pow2: to at most that), so the codes stay in
-    [-code_max, code_max] (a symmetric grid) while the clamp range is the integer type's."""
+    [-code_max, code_max] (a symmetric grid) while the clamp range is the integer type's.
+    ``mse``: the scale (per channel) that minimises the squared error, among clipped ranges
+    (fractions of max|w|; pow2: halvings); the clamp range is then [-code_max, code_max], so
+    clipped weights keep the codes the overflow-safe bound allows."""
     qmax = 2 ** (bits - 1) - 1
     code_max = qmax if code_max is None else code_max
     w = w.detach()
     amax = w.abs().flatten(1).amax(1) if per_channel and w.ndim > 1 else w.abs().amax()
     scale = pow2_scale(amax, code_max) if pow2 else (amax / code_max).clamp_min(1e-12)
-    return scale.float(), torch.zeros_like(scale, dtype=torch.int32), -qmax - 1, qmax
+    if not mse:
+        return scale.float(), torch.zeros_like(scale, dtype=torch.int32), -qmax - 1, qmax
+    rows = w.flatten(1) if scale.ndim else w.flatten()
+    scale = _mse_scales(rows.float(), scale.float(), -code_max, code_max, pow2)
+    return scale.float(), torch.zeros_like(scale, dtype=torch.int32), -code_max, code_max
 
 
-def fake_quant_weight(w, bits, per_channel=True, pow2=False, code_max=None):
+def fake_quant_weight(w, bits, per_channel=True, pow2=False, code_max=None, mse=False):
     """Quantize-dequantize ``w`` [out, in/g, k, k] (or a bias [out]) with STE gradients."""
     if bits >= 32:
         return w
-    scale, zp, qmin, qmax = weight_qparams(w, bits, per_channel, pow2, code_max)
+    scale, zp, qmin, qmax = weight_qparams(w, bits, per_channel, pow2, code_max, mse)
     if scale.ndim == 1:
         return torch.fake_quantize_per_channel_affine(w, scale, zp, 0, qmin, qmax)
     return torch.fake_quantize_per_tensor_affine(w, scale, zp, qmin, qmax)
@@ -187,9 +227,9 @@ class ActQuant(nn.Module):
     calibration batches); in eval it is frozen. ``mode``: 'affine' (unsigned, zero point),
     'pow2' (signed, symmetric, scale 2^-n) or 'dorefa' (unsigned, fixed clip [0, alpha])."""
 
-    def __init__(self, bits, mode='affine', alpha=DOREFA_ALPHA, layer=None, fixed_range=None):
+    def __init__(self, bits, mode='affine', alpha=DOREFA_ALPHA, layer=None, fixed_range=None, mse=False):
         super().__init__()
-        self.bits, self.mode, self.alpha, self.layer = bits, mode, alpha, layer
+        self.bits, self.mode, self.alpha, self.layer, self.mse = bits, mode, alpha, layer, mse
         self.calibrating = False
         # the image's range is known ([0, 1]): at 8 bits its codes are then exactly the pixels
         self.fixed = fixed_range is not None
@@ -205,8 +245,38 @@ class ActQuant(nn.Module):
         return bool(self.hi > self.lo) or self.mode == 'dorefa'
 
     @torch.no_grad()
-    def observe(self, x):
+    def batch_range(self, x):
+        """(lo, hi) of a batch: its min/max, or with ``mse`` the clipped range [f lo, f hi]
+        (pow2: the min/max scale halved up to twice) whose quantization of a strided sample of
+        the batch has the least squared error."""
         lo, hi = x.min().float(), x.max().float()
+        if not self.mse or not bool(hi > lo):
+            return lo, hi
+        flat = x.detach().flatten().float()
+        sample = flat[::max(1, flat.numel() // MSE_SAMPLE)]
+        qmin, qmax = self.code_range()
+        best, best_err = (lo, hi), None
+        if self.mode == 'pow2':  # qparams' scale is the power of two that holds max(|lo|, |hi|)
+            base = pow2_scale(torch.maximum(lo.abs(), hi.abs()), qmax)
+            for k in range(POW2_STEPS_DOWN):
+                scale = base * 2.0 ** -k
+                err = _quant_error(sample, scale, qmin, qmax)
+                if best_err is None or err < best_err:
+                    limit = scale * qmax
+                    best, best_err = ((lo, hi) if k == 0 else (lo.clamp(min=-limit), hi.clamp(max=limit))), err
+            return best
+        for f in MSE_CLIPS:
+            c_lo, c_hi = (lo * f).clamp(max=0.0), (hi * f).clamp(min=0.0)
+            scale = ((c_hi - c_lo) / qmax).clamp_min(1e-12)
+            zp = torch.round(-c_lo / scale).clamp(0, qmax)
+            err = (torch.clamp(torch.round(sample / scale) + zp, 0, qmax) - zp).mul(scale).sub(sample).square().sum()
+            if best_err is None or err < best_err:
+                best, best_err = (c_lo, c_hi), err
+        return best
+
+    @torch.no_grad()
+    def observe(self, x):
+        lo, hi = self.batch_range(x)
         if not bool(self.hi > self.lo):  # first observation: copy
             self.lo.copy_(lo)
             self.hi.copy_(hi)
@@ -283,7 +353,8 @@ class QuantConvBlock(ConvBlock):
         self.add_module('activation', block.activation)
         mode = 'dorefa' if spec.scheme == 'dorefa' else 'pow2' if spec.fpga else 'affine'
         self.add_module('act_quant', ActQuant(self.a_bits, mode, alpha=1.0 if first else DOREFA_ALPHA, layer=layer,
-                                              fixed_range=(0.0, 1.0) if first else None))
+                                              fixed_range=(0.0, 1.0) if first else None,
+                                              mse=spec.ranges == 'mse'))
         self.w_code_max = 2 ** (self.w_bits - 1) - 1 if spec.full_range else \
             safe_weight_code_max(self.w_bits, *self.act_quant.code_range())
         self.fold = spec.bn_fold and hasattr(self, 'BatchNorm2d')
@@ -293,13 +364,14 @@ class QuantConvBlock(ConvBlock):
     def weight_qparams(self, w):
         """(scale, zero point, qmin, qmax) of the Google-scheme weight ``w`` (see weight_qparams)."""
         return weight_qparams(w, self.w_bits, per_channel=not self.spec.fpga, pow2=self.spec.fpga,
-                              code_max=self.w_code_max)
+                              code_max=self.w_code_max, mse=self.spec.ranges == 'mse')
 
     def quant_weight(self, w):
         s = self.spec
         if s.scheme == 'dorefa':
             return fake_quant_dorefa_weight(w, self.w_bits)
-        return fake_quant_weight(w, self.w_bits, per_channel=not s.fpga, pow2=s.fpga, code_max=self.w_code_max)
+        return fake_quant_weight(w, self.w_bits, per_channel=not s.fpga, pow2=s.fpga, code_max=self.w_code_max,
+                                 mse=s.ranges == 'mse')
 
     def quant_bias(self, b):
         """Only ``fpga`` quantizes the bias (w_bits, its own 2^-n scale); otherwise it stays
@@ -451,7 +523,8 @@ def spec_from_opt(opt):
     if not opt.quantized:
         given = [f for f, v in (('--a-bit', opt.a_bit), ('--w-bit', opt.w_bit), ('--BN_Fold', opt.bn_fold),
                                 ('--FPGA', opt.fpga), ('--edge-bits', opt.edge_bits),
-                                ('--full-range', getattr(opt, 'full_range', None))) if v is not None and v is not False]
+                                ('--full-range', getattr(opt, 'full_range', None)), ('--qrange', getattr(opt, 'qrange', None)))
+                 if v is not None and v is not False]
         if given and opt.quantized is None:
             raise ValueError(f'{" ".join(given)}: only used by quantization, which is off; add --quantized 1 or 2')
         if given:
@@ -462,7 +535,8 @@ def spec_from_opt(opt):
                      edge_bits=8 if opt.edge_bits is None else opt.edge_bits,
                      # an FPGA computes its own integer sums: the range restriction would only cost it
                      # accuracy (power-of-two scales at 64 codes), so --FPGA implies full range
-                     full_range=bool(getattr(opt, 'full_range', False)) or opt.fpga)
+                     full_range=bool(getattr(opt, 'full_range', False)) or opt.fpga,
+                     ranges=getattr(opt, 'qrange', None) or 'minmax')
 
 
 def attach_quantization(trainer, spec):

@@ -3,6 +3,7 @@ utils/compress/quant.py, which needs torch: building a parser (``--help``) must 
 
 BITS = (2, 4, 8, 16, 32)
 SCHEMES = {1: 'google', 2: 'dorefa'}  # --quantized N
+RANGES = ('minmax', 'mse')  # --qrange
 
 
 def add_quant_args(parser, train=False):
@@ -24,6 +25,9 @@ def add_quant_args(parser, train=False):
                    help='8-bit weights use all codes [-127, 127] (VNNI-only targets; implied by --FPGA); by default '
                         'a conv with 8-bit activations keeps them in [-64, 64], so int8 kernels of CPUs without VNNI '
                         'cannot saturate')
+    g.add_argument('--qrange', default=None, choices=RANGES,
+                   help='Google scheme: minmax (default: weights max|w| per channel, activations a moving min/max) or '
+                        'mse (the clipped range with the least squared quantization error; for 4 bits)')
     if train:
         g.add_argument('--bn-freeze', type=float, default=0.9,
                        help='--BN_Fold: fraction of the optimizer steps after which the fold uses running statistics')
