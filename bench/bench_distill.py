@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from utils.general import atomic_write_text  # noqa: E402
+from frontier import record  # noqa: E402
 STRATEGIES = [0, 1, 2, 3, 4, 5]  # 0 = plain fine-tuning
 
 
@@ -40,6 +41,10 @@ def parse_args(argv=None):
     p.add_argument('--epochs', type=int, nargs='+', default=[5], help='fine-tuning budgets (one series each)')
     p.add_argument('--strategies', type=int, nargs='+', default=STRATEGIES, help='0 = plain fine-tuning')
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
+    p.add_argument('--kd-weight', type=float, default=1.0, help='train.py --kd-weight of every distilled run')
+    p.add_argument('--frontier-strategy', type=int, default=None,
+                   help='the KDstr whose gain and step overhead go to bench/frontier.json (default: the last of '
+                        '--strategies; 0 = do not record)')
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--timing-steps', type=int, default=16, help='training steps per strategy per timing round (0: no '
                    'step timing)')
@@ -48,19 +53,27 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def run_name(epochs, strategy, seed):
-    return f'{epochs}ep_{f"kd{strategy}" if strategy else "plain"}_s{seed}'
+def run_name(epochs, strategy, seed, kd_weight=1.0):
+    weight = f'w{kd_weight:g}' if strategy and kd_weight != 1 else ''
+    return f'{epochs}ep_{f"kd{strategy}{weight}" if strategy else "plain"}_s{seed}'
+
+
+def kd_flags(args, strategy):
+    if not strategy:
+        return []
+    weight = ['--kd-weight', str(args.kd_weight)] if args.kd_weight != 1 else []
+    return ['--t_weights', args.teacher, '--KDstr', str(strategy), *weight]
 
 
 def fine_tune(out, args, epochs, strategy, seed):
     """train.py into out/<run_name> unless it finished before; returns (final results row, wall seconds)."""
-    name = run_name(epochs, strategy, seed)
+    name = run_name(epochs, strategy, seed, args.kd_weight)
     run_dir, timing = out / name, out / f'{name}.json'
     results = run_dir / 'results.csv'
     if not (results.is_file() and timing.is_file() and len(list(csv.DictReader(open(results)))) == epochs):
         if run_dir.exists():
             raise SystemExit(f'{run_dir} holds an unfinished run: remove it and rerun')
-        kd = ['--t_weights', args.teacher, '--KDstr', strategy] if strategy else []
+        kd = kd_flags(args, strategy)
         cmd = ['train.py', '--weights', args.student, '--data', args.data, '--img-size', args.img_size,
                '--epochs', epochs, '--seed', seed, '--workers', args.workers, '--project', out, '--name', name, *kd]
         print('$', ' '.join(map(str, cmd)), flush=True)
@@ -81,7 +94,7 @@ def time_steps(out, args, strategies):
     from utils.trainer import Trainer
     trainers, batches = {}, None
     for k in strategies:
-        kd = ['--t_weights', args.teacher, '--KDstr', str(k)] if k else []
+        kd = kd_flags(args, k)
         opt = train.parse_args(['--weights', args.student, '--data', args.data, '--img-size', str(args.img_size),
                                 '--workers', '0', '--notest', '--project', str(out / 'timing'), *kd])
         trainer = train.add_features(Trainer(opt)).setup()
@@ -123,14 +136,31 @@ def main(argv=None):
                 write(out, args, rows, None)
     steps = time_steps(out, args, args.strategies) if args.timing_steps else None
     write(out, args, rows, steps)
+    record_frontier(out, args, rows, steps)
     print((out / 'results.md').read_text())
+
+
+def record_frontier(out, args, rows, steps):
+    """kd_gain_points (mean over seeds of the strategy minus plain fine-tuning, longest budget)
+    and kd_step_overhead (its ms/step over plain's, minus 1) into bench/frontier.json."""
+    k = args.frontier_strategy if args.frontier_strategy is not None else args.strategies[-1]
+    epochs = max(args.epochs)
+    runs = {s: [r['map50'] for r in rows if r['epochs'] == epochs and r['strategy'] == s] for s in (0, k)}
+    if not k or not runs[0] or not runs[k] or len(runs[k]) < 3:  # a gain needs a spread: 3 seeds at least
+        return
+    gains = [100 * (a - b) for a, b in zip(runs[k], runs[0])]  # per seed: the same seed's plain run
+    overhead = steps[0][k] / steps[0][0] - 1 if steps and 0 in steps[0] else None
+    record({'kd_gain_points': statistics.mean(gains), 'kd_step_overhead': overhead}, results=out / 'results.json',
+           extra={'strategy': k, 'kd_weight': args.kd_weight, 'epochs': epochs, 'seeds': args.seeds,
+                  'gain_per_seed': [round(g, 2) for g in gains], 'teacher': args.teacher, 'student': args.student})
 
 
 def write(out, args, rows, steps):
     """results.md: per budget, one line per strategy (mean over seeds, each seed's mAP@0.5 in brackets)."""
     lines = [f'# Distillation benchmark: {args.student} from {args.teacher} on {Path(args.data).name} at '
              f'{args.img_size} px', '']
-    names = {0: 'plain fine-tuning', **{k: f'KDstr {k}' for k in range(1, 6)}}
+    weight = f' --kd-weight {args.kd_weight:g}' if args.kd_weight != 1 else ''
+    names = {0: 'plain fine-tuning', **{k: f'KDstr {k}{weight}' for k in range(1, 6)}}
     step_ms = steps[0] if steps else {}
     for epochs in args.epochs:
         lines += [f'## {epochs} epochs', '',
@@ -154,6 +184,8 @@ def write(out, args, rows, steps):
             ms = step_ms.get(k)
             dms = f' ({100 * (ms / step_ms[0] - 1):+.0f}%)' if ms and k and 0 in step_ms else ''
             per_seed = ' '.join(f'{r["map50"]:.3f}' for r in runs)
+            if len(runs) > 1:
+                per_seed += f' (sd {100 * statistics.stdev(r["map50"] for r in runs):.1f})'
             step = f'{1000 * ms:.0f}{dms}' if ms else ''
             lines.append(f'| {names[k]} | {m50:.3f} | {d50} | {m95:.3f} | {d95} | {per_seed} | {sec:.0f} s{dt} | '
                          f'{step} |')

@@ -23,6 +23,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from utils.general import atomic_write_text  # noqa: E402
 from utils.deploy.latency import cpu_info, cpu_text  # noqa: E402
 from utils.compress.pipeline import ROOT, evaluate, export, qat_hyp, train  # noqa: E402  (one way to run and resume stages)
+from frontier import record  # noqa: E402
 
 RECIPES = {  # name: (label, train.py / test.py quantization flags)
     'float': ('float (fine-tuned, reference)', []),
@@ -37,6 +38,10 @@ RECIPES = {  # name: (label, train.py / test.py quantization flags)
                 ['--quantized', '1', '--BN_Fold', '--a-bit', '4', '--w-bit', '4']),
     'g4_fold_fpga': ('Google 4-bit + BN fold + FPGA (image and head convs at 8)',
                      ['--quantized', '1', '--BN_Fold', '--FPGA', '--a-bit', '4', '--w-bit', '4']),
+    'g4_fold_mse': ('Google 4-bit + BN fold, MSE ranges (image and head convs at 8)',
+                    ['--quantized', '1', '--BN_Fold', '--a-bit', '4', '--w-bit', '4', '--qrange', 'mse']),
+    'g4_fold_fpga_mse': ('Google 4-bit + BN fold + FPGA, MSE ranges (image and head convs at 8)',
+                         ['--quantized', '1', '--BN_Fold', '--FPGA', '--a-bit', '4', '--w-bit', '4', '--qrange', 'mse']),
     'dorefa8': ('DoReFa 8-bit', ['--quantized', '2']),
     # the default 8-bit recipes keep weight codes in [-64, 64] (int8 kernels without VNNI): the
     # cost of that, against the full range
@@ -161,9 +166,29 @@ def main(argv=None):
         groups.append((f'Pruned model ({args.pruned})', measure(out, 'pruned_', args.pruned,
                                                                  [r for r in args.recipes if r in PRUNED], args, hyp)))
         write(out, args, groups)
+    record_frontier(out, args, groups[0][1])
     if not args.no_deploy:
         write(out, args, groups, deploy(out, args))
     print((out / 'results.md').read_text())
+
+
+FRONTIER = {'qat4_delta_points': ('g4_fold', 'g4_fold_mse'), 'qat4_fpga_delta_points': ('g4_fold_fpga', 'g4_fold_fpga_mse')}
+
+
+def record_frontier(out, args, rows):
+    """The best 4-bit recipe (and the best 4-bit FPGA recipe) of this run against the float model
+    fine-tuned alike, in mAP@0.5 points, into bench/frontier.json."""
+    by = {r['recipe']: r for r in rows}
+    if 'float' not in by:
+        return
+    for key, names in FRONTIER.items():
+        ran = [by[n] for n in names if n in by]
+        if ran:
+            best = max(ran, key=lambda r: r['map50'])
+            record({key: 100 * (best['map50'] - by['float']['map50'])}, results=out / 'results.json',
+                   extra={'recipe': best['recipe'], 'label': best['label'], 'epochs': args.epochs,
+                          'float_map50': round(by['float']['map50'], 4), 'map50': round(best['map50'], 4),
+                          'base': args.base})
 
 
 if __name__ == '__main__':
