@@ -40,8 +40,11 @@ def parse_args(argv=None):
                    'shapes recipe in 10 epochs)')
     p.add_argument('--plans', nargs='+', default=None, help='pruning plans as in bench/bench_prune.py, '
                    'method:amount[:shortcuts][:kF] (default: its DEFAULT_PLANS; --quick: slim:0.76:k0.2)')
-    p.add_argument('--pick', default='auto', help='the plan distilled, quantized and deployed (default: the fewest '
-                   'GFLOPs within --tolerance of the baseline mAP@0.5 after plain fine-tuning)')
+    p.add_argument('--pick', default='auto', help='the plan distilled, quantized and deployed (default: see '
+                   '--pick-by, among the plans within --tolerance of the baseline mAP@0.5 after plain fine-tuning)')
+    p.add_argument('--pick-by', default='latency', choices=['latency', 'gflops'],
+                   help='latency (default): the fastest of those plans in OpenVINO FP32, each timed in its own '
+                        'process, rounds interleaved; gflops: the fewest GFLOPs')
     p.add_argument('--kd', type=int, default=3, choices=[1, 2, 3, 4, 5], help='distillation strategy (train.py '
                    '--KDstr); the teacher is the baseline')
     p.add_argument('--lr-factor', type=float, default=0.1, help='QAT learning rate: this x the recipe\'s lr0')

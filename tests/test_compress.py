@@ -114,6 +114,40 @@ def test_headline_picks_the_fastest_within_the_tolerance():
     assert (h['precision'], h['runtime'], h['within_tolerance']) == ('FP32', 'OpenVINO', False)
 
 
+def test_pick_by_latency_takes_the_fastest_plan_within_the_tolerance(tmp_path, monkeypatch):
+    """--pick-by latency: of the plans within --tolerance after plain fine-tuning, the fastest in
+    OpenVINO (timed once, kept in pick_latency.json and reused while the candidates are the
+    same), not the fewest GFLOPs; --pick-by gflops: the fewest GFLOPs; nothing within the
+    tolerance: the most accurate. The report says why."""
+    import utils.deploy.latency as latency
+    args = showcase.fill_budget(compress.parse_args(['--out', str(tmp_path / 'c'), '--plans', 'slim:0.7',
+                                                     'regular:0.5:b8', 'regular:0.5:b16']))
+    show = showcase.Showcase(args)
+    show.rec['baseline'] = {'map50': 0.9}
+    rows = [{'plan': 'slim:0.7', 'name': 'finetune_slim_0.7', 'pt': 'a.pt', 'map50': 0.88, 'gflops': 0.2},
+            {'plan': 'regular:0.5:b8', 'name': 'finetune_regular_0.5_b8', 'pt': 'b.pt', 'map50': 0.895, 'gflops': 0.3},
+            {'plan': 'regular:0.5:b16', 'name': 'finetune_regular_0.5_b16', 'pt': 'c.pt', 'map50': 0.9, 'gflops': 0.35}]
+    ms = {'regular:0.5:b8': 5e-3, 'regular:0.5:b16': 4e-3}
+    calls = []
+    monkeypatch.setattr(showcase, 'export', lambda path, weights, a, fmt: calls.append(weights) or Path(path))
+    monkeypatch.setattr('utils.deploy.backends.openvino_xml', lambda folder: Path(folder) / 'm.xml')
+    monkeypatch.setattr(latency, 'time_per_process', lambda jobs, runs: {k: [ms[k]] * 3 for k in jobs})
+    assert show.pick(rows)['plan'] == 'regular:0.5:b16'  # slim:0.7 is 2 points below: not a candidate
+    assert sorted(calls) == ['b.pt', 'c.pt']
+    assert show.pick(rows)['plan'] == 'regular:0.5:b16' and len(calls) == 2  # reused, not re-timed
+    assert json.loads((tmp_path / 'c' / 'pick_latency.json').read_text())['ms'] == {'regular:0.5:b8': 5.0,
+                                                                                   'regular:0.5:b16': 4.0}
+    args.pick_by = 'gflops'
+    assert show.pick(rows)['plan'] == 'regular:0.5:b8'
+    show.rec['baseline'] = {'map50': 0.95}
+    assert show.pick(rows)['plan'] == 'regular:0.5:b16'  # none within: the most accurate
+    for plan, message in (('slim:0.7:b8', ':b (--channel-base) is for regular plans'),
+                          ('regular:0.5:k0.2', ':k (--layer_keep) is for slim and layer_channel plans')):
+        with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+            showcase.parse_plan(plan)
+    assert showcase.parse_plan('regular:0.5:b16') == ('regular', ['--percent', '0.5', '--channel-base', '16'])
+
+
 def test_report_and_plot_from_records(tmp_path):
     args = showcase.fill_budget(compress.parse_args(['--quick', '--out', str(tmp_path)]))
     show = showcase.Showcase(args)

@@ -83,23 +83,29 @@ def plan_name(plan):
 
 
 def parse_plan(plan):
-    """'method:amount[:amount][:kF]' -> (method, the pruning script's flags). ValueError for an
-    unknown method or a wrong number of amounts."""
+    """'method:amount[:amount][:kF][:bN]' -> (method, the pruning script's flags): kF is slim /
+    layer_channel's --layer_keep F, bN regular's --channel-base N. ValueError for an unknown
+    method, a wrong number of amounts or an option the method does not take."""
     method, *amounts = plan.split(':')
-    keep = [a[1:] for a in amounts if a.startswith('k')]  # slim / layer_channel: k<layer_keep>
-    amounts = [a for a in amounts if not a.startswith('k')]
+    keep = [a[1:] for a in amounts if a.startswith('k')]
+    base = [a[1:] for a in amounts if a.startswith('b')]
+    amounts = [a for a in amounts if not a.startswith(('k', 'b'))]
     if method not in SCRIPTS:
         raise ValueError(f'unknown method {method!r} in plan {plan} (choose from {", ".join(SCRIPTS)})')
     if len(amounts) != (2 if method == 'layer_channel' else 1):
         raise ValueError(f'plan {plan}: {method} takes '
                          f'{"percent:shortcuts" if method == "layer_channel" else "one amount"}')
+    if keep and method not in ('slim', 'layer_channel'):
+        raise ValueError(f'plan {plan}: :k (--layer_keep) is for slim and layer_channel plans')
+    if base and method != 'regular':
+        raise ValueError(f'plan {plan}: :b (--channel-base) is for regular plans')
     if method == 'layer':
         flags = ['--shortcuts', amounts[0]]
     elif method == 'layer_channel':
         flags = ['--percent', amounts[0], '--shortcuts', amounts[1]]
     else:
         flags = ['--percent', amounts[0]]
-    return method, flags + (['--layer_keep', keep[0]] if keep else [])
+    return method, flags + (['--layer_keep', keep[0]] if keep else []) + (['--channel-base', base[0]] if base else [])
 
 
 def prune(out, sparse, plan, args):

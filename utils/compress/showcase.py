@@ -224,12 +224,45 @@ class Showcase:
         return next(p for p in self.rec['prune'] if p['plan'] == plan)
 
     def pick(self, finetuned):
-        """The plan that goes on to distillation, QAT and deployment."""
+        """The plan that goes on to distillation, QAT and deployment: ``--pick``, else among the
+        plans within --tolerance of the baseline the fastest in OpenVINO FP32 (``--pick-by
+        latency``, measured by ``pick_latency``) or the fewest GFLOPs, else the most accurate."""
         if self.args.pick != 'auto':
             return next(r for r in finetuned if r['plan'] == self.args.pick)
         floor = self.rec['baseline']['map50'] - self.args.tolerance
         good = [r for r in finetuned if r['map50'] >= floor]
-        return min(good, key=lambda r: r['gflops']) if good else max(finetuned, key=lambda r: r['map50'])
+        if not good:
+            return max(finetuned, key=lambda r: r['map50'])
+        if getattr(self.args, 'pick_by', 'gflops') == 'latency' and len(good) > 1:
+            ms = self.pick_latency(good)
+            return min(good, key=lambda r: ms[r['plan']])
+        return min(good, key=lambda r: r['gflops'])
+
+    def pick_latency(self, candidates):
+        """{plan: median ms} of each candidate's fine-tuned model exported to OpenVINO FP32, batch 1,
+        --threads, each in its own process, rounds interleaved; kept in pick_latency.json (reused
+        while the candidates are the same)."""
+        from utils.deploy.backends import openvino_xml
+        from utils.deploy.latency import openvino_job, time_per_process
+        a, path = self.args, self.out / 'pick_latency.json'
+        plans = sorted(r['plan'] for r in candidates)
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        if saved.get('plans') != plans or saved.get('threads') != a.threads:
+            jobs = {}
+            for r in candidates:
+                ov = export(self.out / 'pick' / f'{r["name"]}_openvino', r['pt'], a, 'openvino')
+                jobs[r['plan']] = openvino_job(openvino_xml(ov), a.threads, 1, a.img_size)
+            print(f'Picking by latency: {len(jobs)} plans within {100 * a.tolerance:g} point, OpenVINO FP32, '
+                  f'{a.latency_runs} interleaved rounds ...', flush=True)
+            times = time_per_process(jobs, a.latency_runs)
+            missing = [plan for plan in jobs if plan not in times]
+            if missing:
+                raise StageFailed(f'pick: {", ".join(missing)} could not be timed in OpenVINO (see above)')
+            saved = {'plans': plans, 'threads': a.threads, 'runtime': 'OpenVINO FP32',
+                     'ms': {plan: 1e3 * statistics.median(t) for plan, t in times.items()}}
+            atomic_write_text(path, json.dumps(saved, indent=1))
+        self.rec['pick_latency'] = saved
+        return saved['ms']
 
     def qat(self):
         student = self.rec['student']
@@ -462,8 +495,16 @@ def markdown(rec, args):
                          f'{100 * (r["map50"] - base["map50"]):+.1f} pts | {r["map50_95"]:.3f} | {r["mb"]:.1f} | '
                          f'{fmt_ms(ms)} | {speed} |')
         s = rec['student']
-        why = ('--pick' if args.pick != 'auto' else f'the fewest GFLOPs within {100 * args.tolerance:g} point of the '
-               'baseline mAP@0.5 after plain fine-tuning, else the most accurate')
+        timed = rec.get('pick_latency')
+        if args.pick != 'auto':
+            why = '--pick'
+        elif timed and s['plan'] in timed['ms']:
+            others = ', '.join(f'{plan} {ms:.2f} ms' for plan, ms in sorted(timed['ms'].items(), key=lambda kv: kv[1]))
+            why = (f'the fastest in {timed["runtime"]} ({timed["threads"]} threads; {others}) of the plans within '
+                   f'{100 * args.tolerance:g} point of the baseline mAP@0.5 after plain fine-tuning')
+        else:
+            why = (f'the fewest GFLOPs within {100 * args.tolerance:g} point of the baseline mAP@0.5 after plain '
+                   'fine-tuning, else the most accurate')
         lines += ['', f'Picked: {s["plan"]} ({why}); it goes on as the {s["kind"]} model (the higher mAP@0.5 of '
                   'plain and distilled).', '']
     q = rec.get('qat')
