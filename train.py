@@ -90,6 +90,9 @@ def parse_args(argv=None):
                     help='teacher weights (.pt, or Darknet .weights with --t_cfg); same head layout as the student')
     kd.add_argument('--t_cfg', '--t-cfg', dest='t_cfg', default='',
                     help='teacher cfg (default: the cfg a .pt --t_weights carries)')
+    kd.add_argument('--t-precision', default=None, choices=['fp32', 'bf16', 'auto'],
+                    help="the teacher's forward: auto (default) = bf16 (CPU autocast) on CPUs with native bfloat16 "
+                         '(AVX512-BF16, AMX), else fp32')
     kd.add_argument('--kd-weight', type=float, default=None, metavar='W',
                     help='multiplies every distillation term (default 1: upstream\'s weights, which keep KD small '
                          'next to the detection loss)')
@@ -124,8 +127,8 @@ def parse_args(argv=None):
 def distillation_flag_error(opt):
     """The message for inconsistent --KDstr / --t_weights / --t_cfg, else None."""
     if opt.KDstr is None:
-        given = [f for f, v in (('--t_weights', opt.t_weights), ('--t_cfg', opt.t_cfg), ('--kd-weight', opt.kd_weight))
-                 if v]
+        given = [f for f, v in (('--t_weights', opt.t_weights), ('--t_cfg', opt.t_cfg), ('--kd-weight', opt.kd_weight),
+                                ('--t-precision', opt.t_precision)) if v]
         return f'{" ".join(given)}: only used by distillation, which is off; add --KDstr 1..5' if given else None
     if opt.kd_weight is not None and not opt.kd_weight > 0:
         return f'--kd-weight {opt.kd_weight}: must be > 0'
@@ -147,7 +150,8 @@ def add_features(trainer):
     if opt.KDstr:
         from utils.compress.distill import attach_distillation
         attach_distillation(trainer, t_weights=opt.t_weights, strategy=opt.KDstr, t_cfg=opt.t_cfg,
-                            weight=1.0 if opt.kd_weight is None else opt.kd_weight)
+                            weight=1.0 if opt.kd_weight is None else opt.kd_weight,
+                            t_precision=opt.t_precision or 'auto')
     from utils.compress.quant import attach_quantization, spec_from_opt
     spec = spec_from_opt(opt)
     if spec is not None:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import models
+from utils.general import native_bf16
 import train
 from test_train import NO_AUG, hyp_file, tiny_data  # noqa: F401  (tiny_data is a fixture)
 from utils.compress.distill import (ADAPTERS, WEIGHTS, Distiller, check_head_layout, feature_mask, fine_grained_masks,
@@ -118,6 +119,30 @@ def test_kd_weight_scales_every_term(strategy):
         Distiller(strategy, 'teacher.pt', teacher=teacher, weight=-1)
 
 
+@pytest.mark.parametrize('strategy', [1, 5])
+def test_bf16_teacher_gives_the_same_loss_to_a_few_percent(strategy):
+    """--t-precision bf16: the teacher's forward under CPU autocast (emulated where the CPU has
+    no bfloat16 units) moves every KD column by a few percent at most; the student's output
+    and the gradients stay float32."""
+    torch.manual_seed(0)
+    hyp = load_hyp('data/hyp.shapes.yaml')
+    teacher = models.Darknet(MINI, img_size=IMG).eval().requires_grad_(False)
+    student = models.Darknet(narrow(MINI), img_size=IMG).train()
+    imgs, targets = torch.rand(2, 3, IMG, IMG), targets_for(2)
+    columns = {}
+    for precision in ('fp32', 'bf16'):
+        kd = Distiller(strategy, 'teacher.pt', teacher=teacher, t_precision=precision)
+        model = copy.deepcopy(student)
+        torch.manual_seed(1)
+        kd.prepare(model, IMG)
+        loss, columns[precision] = kd.loss(model(imgs), imgs, targets, YOLOLoss(model, hyp), model)
+        assert loss.dtype == torch.float32
+    for name, value in columns['fp32'].items():
+        torch.testing.assert_close(columns['bf16'][name], value, rtol=0.05, atol=0)
+    with pytest.raises(ValueError, match='--t-precision must be one of'):
+        Distiller(strategy, 'teacher.pt', teacher=teacher, t_precision='fp16')
+
+
 def test_fine_grained_mask_by_hand():
     """A 64 px input, one 24 x 24 box centred at (32, 32) on image 1 of 2; head A: stride 16
     (4 x 4 grid), anchors 24 and 64 px; head B: stride 8 (8 x 8), anchors 16 and 8 px.
@@ -208,6 +233,8 @@ def test_two_epochs_write_the_kd_columns(tmp_path, tiny_data, pair, strategy, ca
     assert not any(ADAPTERS in k for k in last['model'])
     assert last['distill']['KDstr'] == strategy
     assert bool(last['distill']['adapters']) == (strategy >= 4)
+    # --t-precision auto (the default) resolved for this CPU
+    assert last['distill']['t_precision'] == ('bf16' if native_bf16() else 'fp32')
 
 
 def test_kdstr5_resumes_with_its_columns_and_adapters(tmp_path, tiny_data, pair):
@@ -312,6 +339,7 @@ def test_teacher_of_another_head_layout_is_one_clear_error(tmp_path, tiny_data, 
     (['--KDstr', '1', '--t_weights', 'a.weights'], r'--t_weights a.weights: Darknet weights carry no cfg; add --t_cfg'),
     (['--KDstr', '6', '--t_weights', 'a.pt'], r'--KDstr/--kdstr: invalid choice: 6 (choose from 1, 2, 3, 4, 5)'),
     (['--kd-weight', '5'], r'--kd-weight: only used by distillation, which is off; add --KDstr'),
+    (['--t-precision', 'bf16'], r'--t-precision: only used by distillation, which is off; add --KDstr'),
     (['--KDstr', '1', '--t_weights', 'a.pt', '--kd-weight', '0'], r'--kd-weight 0.0: must be > 0'),
 ])
 def test_inconsistent_flags_are_parser_errors(args, message, capsys):

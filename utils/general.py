@@ -105,6 +105,13 @@ def int8_kernels_saturate(flags=None):
     return 'avx2' in flags and not flags & {'avx512_vnni', 'avx_vnni', 'amx_int8'}
 
 
+def native_bf16(flags=None):
+    """True on a CPU with bfloat16 arithmetic (AVX512-BF16 or AMX-BF16), where PyTorch's CPU
+    autocast to bfloat16 runs convolutions faster than float32."""
+    flags = cpu_flags()[1] if flags is None else flags
+    return bool(flags & {'avx512_bf16', 'amx_bf16'})
+
+
 def check_file(path, what='file'):
     """Return ``path`` if it is a file, else raise FileNotFoundError with a clear message."""
     if not path or not os.path.isfile(path):

@@ -15,6 +15,10 @@ and the KD loss below is added to the detection loss. T = 3 everywhere; ``KL`` i
 ``T^2 KL(softmax(t/T) || softmax(s/T))`` summed over rows; every term is a per-image mean
 (divided by the batch size), so a DDP run equals a single-process one. ``--kd-weight W``
 multiplies every weight below: upstream's keep KD at a few percent of the detection loss.
+``--t-precision bf16`` runs the teacher's forward under CPU autocast to bfloat16 (its logits
+move by about 0.1, nothing next to T = 3) at about half the float32 time on CPUs with
+AVX512-BF16 or AMX; ``auto`` (train.py's default) does so exactly on such CPUs. On CUDA the
+teacher runs under the student's AMP autocast.
 
     KDstr 1  ``kd``:      1e-3 KL over every anchor-cell's whole output row (tx, ty, tw, th, obj, classes)
     KDstr 2  ``kd_cls``:  1e-4 KL over every anchor-cell's (obj, classes) row
@@ -58,15 +62,17 @@ import torch.nn as nn
 import models
 from models import unwrap
 from utils.compress.layer_graph import LayerGraph
+from utils.general import native_bf16
 from utils.parse_config import layer_output_shapes
 
-__all__ = ['STRATEGIES', 'TEMPERATURE', 'PSI', 'WEIGHTS', 'Distiller', 'attach_distillation', 'load_teacher',
+__all__ = ['STRATEGIES', 'TEMPERATURE', 'PSI', 'WEIGHTS', 'T_PRECISIONS', 'Distiller', 'attach_distillation', 'load_teacher',
            'check_head_layout', 'stage_outputs', 'pair_features', 'soft_kl', 'fine_grained_masks', 'feature_mask']
 
 STRATEGIES = {1: 'output KL', 2: 'obj/cls KL + teacher-bounded boxes', 3: 'obj/cls KL + box imitation',
               4: '3 + feature attention', 5: '4 under the fine-grained mask'}
 TEMPERATURE = 3.0
 PSI = 0.5  # Wang et al.'s fine-grained mask threshold factor
+T_PRECISIONS = ('fp32', 'bf16', 'auto')  # --t-precision of the teacher's forward
 WEIGHTS = {1: {'kd': 1e-3}, 2: {'kd_box': 1e-3, 'kd_cls': 1e-4}, 3: {'kd_box': 1e-3, 'kd_cls': 1e-4},
            4: {'kd_box': 1e-3, 'kd_cls': 1e-3, 'kd_feat': 1e-3}, 5: {'kd_box': 1e-3, 'kd_cls': 1e-3, 'kd_feat': 1e-3}}
 ADAPTERS = 'distill_adapters'  # the student's submodule holding the 1x1 adapters
@@ -251,13 +257,16 @@ class Distiller:
     """The distillation feature's state (teacher, feature pairs, adapters) and its Trainer
     hooks (``attach_distillation`` registers them)."""
 
-    def __init__(self, strategy, t_weights='', t_cfg='', teacher=None, weight=1.0):
+    def __init__(self, strategy, t_weights='', t_cfg='', teacher=None, weight=1.0, t_precision='fp32'):
         if strategy not in STRATEGIES:
             raise ValueError(f'--KDstr must be one of {sorted(STRATEGIES)}, got {strategy}')
         if not weight > 0:
             raise ValueError(f'--kd-weight must be > 0, got {weight}')
         self.strategy, self.t_weights, self.t_cfg = int(strategy), str(t_weights or ''), str(t_cfg or '')
         self.weight = float(weight)  # --kd-weight: multiplies every term's WEIGHTS entry
+        if t_precision not in T_PRECISIONS:
+            raise ValueError(f'--t-precision must be one of {T_PRECISIONS}, got {t_precision!r}')
+        self.t_precision = t_precision  # 'auto' is resolved against the device by on_model
         self.teacher = teacher  # loaded by on_model unless given (tests)
         self.pairs, self.adapters = [], None
         self.temperature, self.psi = TEMPERATURE, PSI
@@ -269,6 +278,7 @@ class Distiller:
     def settings(self):
         adapters = {k: v.detach().cpu().clone() for k, v in self.adapters.state_dict().items()} if self.adapters else {}
         return {'KDstr': self.strategy, 't_weights': self.t_weights, 't_cfg': self.t_cfg, 'weight': self.weight,
+                't_precision': self.t_precision,
                 'pairs': [list(p[:2]) for p in self.pairs], 'adapters': adapters}
 
     def prepare(self, student, img_size):
@@ -295,8 +305,9 @@ class Distiller:
         head), imgs [B, C, H, W] exactly as the student saw them, targets [n, 6], loss_fn the
         student's YOLOLoss (its target assignment), student the model whose ``tapped`` maps
         KDstr 4/5 read. Returns (loss scalar, {column: weighted value (detached)})."""
-        with torch.no_grad():
-            teacher_heads = self.teacher(imgs)[1]
+        bf16 = self.t_precision == 'bf16' and imgs.device.type == 'cpu'
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+            teacher_heads = [t.float() for t in self.teacher(imgs)[1]]
         for p_s, p_t in zip(heads, teacher_heads):
             if p_s.shape != p_t.shape:
                 raise ValueError(f'student head {tuple(p_s.shape)} vs teacher head {tuple(p_t.shape)}: '
@@ -341,7 +352,7 @@ class Distiller:
                                             [p.shape[2:4] for p in heads], self.psi)
         total, masks = heads[0].new_zeros((), dtype=torch.float32), {}  # one mask per map size
         for i, j, _, _ in self.pairs:
-            f_s, f_t = student.tapped[i], self.teacher.tapped[j]
+            f_s, f_t = student.tapped[i], self.teacher.tapped[j].float()
             if str(i) in self.adapters:
                 f_s = self.adapters[str(i)](f_s)
             a_s, a_t = attention(f_s), attention(f_t)  # [B, H, W]
@@ -359,6 +370,8 @@ class Distiller:
         trained, attach the adapters (restored under --resume)."""
         if self.teacher is None:
             self.teacher = load_teacher(self.t_cfg, self.t_weights, trainer.img_max, trainer.device)
+        if self.t_precision == 'auto':  # CUDA runs the teacher under the student's AMP autocast anyway
+            self.t_precision = 'bf16' if trainer.device.type == 'cpu' and native_bf16() else 'fp32'
         model = self.prepare(model, trainer.img_max)
         saved = trainer.resumed_extras.get('distill', {}).get('adapters')
         if saved and self.adapters is not None:
@@ -370,7 +383,9 @@ class Distiller:
                      f'{" ".join(f"{i}:{j}" for i, j, _, _ in self.pairs)}; 1x1 adapters at {adapted or "none"})'
                      if self.uses_features else '')
             scale = f' x {self.weight:g} (--kd-weight)' if self.weight != 1 else ''
-            print(f'Distillation: KDstr {self.strategy} ({STRATEGIES[self.strategy]}){scale} from {self.t_weights}{feats}')
+            precision = ', teacher in bfloat16 (CPU autocast)' if self.t_precision == 'bf16' else ''
+            print(f'Distillation: KDstr {self.strategy} ({STRATEGIES[self.strategy]}){scale} from {self.t_weights}'
+                  f'{feats}{precision}')
         return model
 
     def on_loss(self, trainer, imgs, targets, heads):
@@ -382,10 +397,11 @@ class Distiller:
         trainer.ckpt_extras['distill'] = self.settings()
 
 
-def attach_distillation(trainer, t_weights, strategy, t_cfg='', weight=1.0):
+def attach_distillation(trainer, t_weights, strategy, t_cfg='', weight=1.0, t_precision='fp32'):
     """Register distillation on ``trainer`` (before it builds its model); ``weight`` (--kd-weight)
-    multiplies every term. Returns the Distiller."""
-    feature = Distiller(strategy, t_weights, t_cfg, weight=weight)
+    multiplies every term; ``t_precision`` (--t-precision) 'fp32', 'bf16' (the teacher's forward
+    under CPU autocast) or 'auto' (bf16 on CPUs with native bfloat16). Returns the Distiller."""
+    feature = Distiller(strategy, t_weights, t_cfg, weight=weight, t_precision=t_precision)
     trainer.model_transforms.append(feature.on_model)
     trainer.loss_terms.append(feature.on_loss)
     trainer.epoch_hooks.append(feature.on_epoch_end)
