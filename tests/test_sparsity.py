@@ -166,42 +166,47 @@ def test_sparse_training_shrinks_penalised_gammas_and_writes_its_artefacts(tmp_p
 
 # ----------------------------------------------------------------------------- --sr-target
 
-def test_cut_target_fade_by_hand():
-    """s = 1 - progress / ramp, 0 from the ramp's end; progress counts the current batch; each
-    step multiplies the chosen gammas (of the model and, when it is another, the EMA) by
-    s(now) / s(previous step), so after k steps a gamma chosen at the start is s(k) of itself;
-    the other channels are untouched."""
+def test_cut_target_schedule_by_hand():
+    """p = P (1 - (1 - progress / ramp)^3), P from the ramp's end; progress counts the current
+    batch; each step holds the slim cut at the scheduled p at exactly 0 (model and EMA), the
+    cut only grows, it is the pruner's own plan at that p, and every other gamma is untouched."""
     t = CutTarget(0.5, 0.1, ramp=0.5)
-    assert [t.scale(p) for p in (0.0, 0.25, 0.5, 0.9)] == [1.0, 0.5, 0.0, 0.0]
-    trainer = SimpleNamespace(ni=9, nb=10, epochs=4, epoch=0, current_accumulate=1)  # batch 10 of 40 done
-    assert t.progress(trainer) == 0.25 and t.progress(trainer, 1) == 0.225
-    model = models.Darknet(TINY, img_size=128)
-    t.graph, t.layers = LayerGraph(model.sections), LayerGraph(model.sections).prune_set(0)
-    ema = models.Darknet(TINY, img_size=128)
+    assert [t.percent_at(p) for p in (0.0, 0.25, 0.5, 0.9)] == [0.0, 0.5 * (1 - 0.5 ** 3), 0.5, 0.5]
+    trainer = SimpleNamespace(ni=9, nb=10, epochs=4, epoch=0)  # batch 10 of 40 done
+    assert t.progress(trainer) == 0.25
+    torch.manual_seed(0)
+    model = models.Darknet(MINI, img_size=128)
+    with torch.no_grad():  # distinct gammas, so the plan has no ties
+        for i in LayerGraph(model.sections).prune_set(1):
+            g = model.module_list[i].BatchNorm2d.weight
+            g.copy_(torch.rand_like(g) + 0.05)
+    t.graph, t.layers = LayerGraph(model.sections), LayerGraph(model.sections).prune_set(1)
+    ema = models.Darknet(MINI, img_size=128)
     ema.load_state_dict(model.state_dict())
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    zeros = []
     for ni in range(20):  # 20 single-batch steps: progress 0.025 ... 0.5
         trainer.ni = ni
-        scale = t.on_step(trainer, model, ema)
-    assert scale == 0.0 and t.chosen
-    for ni, expect in ((4, 0.75), (9, 0.5)):  # a fresh run, stopped after 5 and 10 steps
-        fresh, tr = models.Darknet(TINY, img_size=128), SimpleNamespace(**{**vars(trainer), 'ni': 0})
-        fresh.load_state_dict(before)
-        t2 = CutTarget(0.5, 0.1, ramp=0.5)
-        t2.graph, t2.layers = t.graph, t.layers
-        for k in range(ni + 1):
-            tr.ni = k
-            t2.on_step(tr, fresh, fresh)
-        for i, mask in t2.chosen.items():
-            g, g0 = fresh.module_list[i].BatchNorm2d.weight.detach(), before[gamma_key(i)]
-            assert torch.allclose(g[mask], expect * g0[mask], rtol=1e-5) and torch.equal(g[~mask], g0[~mask])
+        p = t.on_step(trainer, model, ema)
+        zeros.append(sum(int(m.sum()) for m in t.chosen.values()))
+    # no optimizer moved anything: the cut is the plan of the starting gammas at the final p
+    start = bn_gammas(before_model(before), t.layers)
+    want = {i: ~keep for i, keep in layer_keep_masks(t.graph, slim_removed(t.graph, start, t.chosen_at, 0.1)).items()}
+    assert p == 0.5 and zeros == sorted(zeros) and zeros[0] < zeros[-1]
     for i, mask in t.chosen.items():
         for m in (model, ema):
             g = m.module_list[i].BatchNorm2d.weight.detach()
             assert torch.all(g[mask] == 0) and torch.equal(g[~mask], before[gamma_key(i)][~mask])
+    assert {i: m.tolist() for i, m in t.chosen.items() if m.any()} == {i: m.tolist() for i, m in want.items() if m.any()}
     for bad in ({'percent': 1.0}, {'percent': 0.5, 'layer_keep': 1.5}, {'percent': 0.5, 'ramp': 0.0}):
         with pytest.raises(ValueError, match='--sr-'):
             CutTarget(**bad)
+
+
+def before_model(state):
+    model = models.Darknet(MINI, img_size=128)
+    model.load_state_dict(state)
+    return model
 
 
 def test_sr_target_zeroes_exactly_the_slim_cut(tmp_path, tiny_data):
@@ -258,8 +263,8 @@ def test_sr_target_zeroes_exactly_the_slim_cut(tmp_path, tiny_data):
     assert saved == ['compact + adaptive BN' if decision['used'] else 'compact']
 
     rows = list(csv.DictReader(open(run / 'results.csv')))
-    scales = [float(r['sr_scale']) for r in rows]
-    assert scales == [0.5, 0.0, 0.0, 0.0], scales
+    cuts = [float(r['sr_cut']) for r in rows]
+    assert cuts == [0.5 * (1 - 0.5 ** 3), 0.5, 0.5, 0.5], cuts
     assert all(0.2 < float(r['sr_target_frac']) < 0.5 for r in rows)
 
 

@@ -24,22 +24,24 @@ penalty shrinks them.
 
 Targeted sparsity (``--sr-target P [--sr-keep K --sr-ramp R]``): the L1 term shrinks every
 penalised gamma alike, so after a few epochs most of what an 80% cut removes still carries
-signal and the model collapses until it is fine-tuned. With a target, training is steered to
-the cut it prepares: at the first step of every epoch of the ramp, the channels that
-``slim_prune.py --percent P --layer_keep K`` would remove from the current gammas are chosen
-(``utils.compress.prune.slim_removed``: the pruner's own rule, coupling groups included), and
-after every optimizer step (a ``Trainer.step_hooks`` hook, on the model and its EMA) they are
-multiplied by s(now) / s(previous step), s(progress) = 1 - progress / R, progress the
-fraction of training done: each fades in proportion to its own size (the optimizer may move
-it in between), and from progress R on they are exactly 0 and the choice is frozen: the rest of the run trains the network around the cut (a
-gradual prune-and-recover schedule, Zhu & Gupta 2017, on Network Slimming's channel choice),
-so the cut itself changes nothing but the zero padding at the border of k x k consumers
-(β folding, utils/compress/prune.py). The cut is then made with the --percent that falls on the
-zeros (``CutTarget.prune_percent``; train.py prints the command and the checkpoint records it
-as ``sparsity.target.prune_percent``): P itself would also take live channels, since residual
-stages keep channels that only some of their convs put below the threshold. ``--s`` keeps its meaning on every penalised gamma
-(``--s 0`` for the target alone). Results columns: ``sr_target_frac`` (chosen fraction of
-the penalised channels) and ``sr_scale`` (s at the epoch's end).
+signal and the model collapses until it is fine-tuned. With a target, training makes the cut
+itself, gradually, and learns to do without it: after every optimizer step (a
+``Trainer.step_hooks`` hook, on the model and its EMA) the channels that ``slim_prune.py
+--percent p --layer_keep K`` would remove from the current gammas (``utils.compress.prune.
+slim_removed``: the pruner's own rule, coupling groups included) have gamma = 0, where p
+grows from 0 to P over the first R of the training on Zhu & Gupta's (2017) cubic schedule,
+p = P (1 - (1 - progress / R)^3). The channels already at 0 are the smallest, so the cut only
+grows; each new channel is the least important one at that point, and the network recovers
+in between; after R the cut is complete and the rest of the run trains around it. A zero
+gamma makes a channel output the constant act(beta), which the compact model folds into its
+consumers (utils/compress/prune.py), so the cut changes nothing but the zero padding at the
+border of k x k consumers. It is then made with the --percent that falls on the zeros
+(``CutTarget.prune_percent``, or ``slim_prune.py --percent auto``; train.py prints the
+command and the checkpoint records it as ``sparsity.target.prune_percent``): P itself would
+also take live channels, since residual stages keep channels that only some of their convs
+put below the threshold. ``--s`` keeps its meaning on every penalised gamma (``--s 0`` for
+the target alone). Results columns: ``sr_target_frac`` (the fraction of the penalised
+channels at 0) and ``sr_cut`` (p at the epoch's end).
 
 Schedules of lambda over the epochs (``scheduled_lambda``): ``constant``; ``step``: lambda for
 the first half of the epochs, 0.1 x lambda from epoch E/2 on (the sparsity is mostly reached
@@ -64,7 +66,7 @@ from utils.compress.layer_graph import LayerGraph
 from utils.compress.prune import bn_gammas, bn_scales, layer_keep_masks, slim_removed
 
 __all__ = ['SCHEDULES', 'PRUNE_MODES', 'SPARSE_THRESHOLD', 'BNSparsity', 'CutTarget', 'attach_sparsity',
-           'penalised_layers', 'add_l1_subgradient_', 'scheduled_lambda', 'gamma_stats', 'scale_gammas_']
+           'penalised_layers', 'add_l1_subgradient_', 'scheduled_lambda', 'gamma_stats', 'zero_gammas_']
 
 SCHEDULES = ('constant', 'step', 'cosine')
 PRUNE_MODES = {0: 'normal/regular', 1: 'shortcut/slim/layer-channel', 2: 'layer'}
@@ -117,18 +119,19 @@ def gamma_stats(model, layers, threshold=SPARSE_THRESHOLD):
 
 
 @torch.no_grad()
-def scale_gammas_(model, chosen, factor):
-    """gamma *= ``factor`` for the channels ``chosen`` ({layer: bool mask [C]}) of ``model``."""
+def zero_gammas_(model, chosen):
+    """gamma = 0 for the channels ``chosen`` ({layer: bool mask [C]}) of ``model``."""
     model = unwrap(model)
     for i, mask in chosen.items():
         g = model.module_list[i].BatchNorm2d.weight
-        m = mask.to(g.device)
-        g[m] = g[m] * factor
+        g[mask.to(g.device)] = 0.0
 
 
 class CutTarget:
-    """The ``--sr-target`` state: the channels a slim cut at ``percent`` / ``layer_keep`` removes,
-    re-chosen each epoch of the ramp, and the decay that takes them to 0 (module docstring)."""
+    """The ``--sr-target`` state: the slim cut at the current point of the gradual schedule
+    (module docstring), whose gammas are held at 0."""
+
+    RECHOOSE = 0.005  # the cut is re-chosen whenever the scheduled percent has grown by this much
 
     def __init__(self, percent, layer_keep=0.01, ramp=0.5):
         if not 0 < percent < 1:
@@ -136,28 +139,30 @@ class CutTarget:
         if not 0 <= layer_keep <= 1:
             raise ValueError(f'--sr-keep must be in [0, 1], got {layer_keep}')
         if not 0 < ramp <= 1:
-            raise ValueError(f'--sr-ramp must be in (0, 1] (the fraction of training that takes the cut to 0), '
+            raise ValueError(f'--sr-ramp must be in (0, 1] (the fraction of training that reaches the cut), '
                              f'got {ramp}')
         self.percent, self.layer_keep, self.ramp = float(percent), float(layer_keep), float(ramp)
-        self.chosen, self.chosen_epoch, self.graph, self.layers = {}, None, None, None
-        self.cut_percent = None  # the slim --percent that removes the zeros (known once they are 0)
+        self.chosen, self.chosen_at, self.graph, self.layers = {}, None, None, None
+        self.cut_percent = None  # the slim --percent that removes the zeros (known once the cut is complete)
 
     def settings(self):
         return {'percent': self.percent, 'layer_keep': self.layer_keep, 'ramp': self.ramp,
                 'prune_percent': self.cut_percent}
 
-    def progress(self, trainer, steps_back=0):
-        """Fraction of the run's batches done after the current step (``steps_back`` batches earlier)."""
-        return min(1.0, max(0.0, (trainer.ni + 1 - steps_back) / (trainer.nb * trainer.epochs)))
+    def progress(self, trainer):
+        """Fraction of the run's batches done after the current step."""
+        return min(1.0, (trainer.ni + 1) / (trainer.nb * trainer.epochs))
 
-    def scale(self, progress):
-        """The share of its value a chosen gamma keeps at ``progress``: 1 - progress / ramp, then 0."""
-        return max(0.0, 1.0 - progress / self.ramp)
+    def percent_at(self, progress):
+        """The scheduled slim --percent: percent x (1 - (1 - progress / ramp)^3), then percent
+        (Zhu & Gupta's cubic schedule: fast while much is redundant, gentle towards the end)."""
+        return self.percent * (1.0 - (1.0 - min(1.0, progress / self.ramp)) ** 3)
 
-    def choose(self, model):
-        """{layer: mask of the channels to take to 0}: what slim pruning at ``percent`` /
-        ``layer_keep`` removes from the current gammas (whole coupling groups)."""
-        removed = slim_removed(self.graph, bn_gammas(model, self.layers), self.percent, self.layer_keep)
+    def choose(self, model, percent=None):
+        """{layer: mask of the channels to hold at 0}: what slim pruning at ``percent`` (default
+        the target) / ``layer_keep`` removes from the current gammas (whole coupling groups)."""
+        percent = self.percent if percent is None else percent
+        removed = slim_removed(self.graph, bn_gammas(model, self.layers), percent, self.layer_keep)
         return {i: ~keep for i, keep in layer_keep_masks(self.graph, removed).items()}
 
     def prune_percent(self, model):
@@ -170,17 +175,16 @@ class CutTarget:
         return math.floor((zeros - 0.5) / n * 1e4) / 1e4 if zeros else None
 
     def on_step(self, trainer, model, eval_model):
-        """After an optimizer step: re-choose at an epoch's first step while the ramp runs, then
-        shrink the chosen gammas of ``model`` and ``eval_model`` from the previous step's scale
-        to this one's (so each follows 1 - progress / ramp from when it was chosen; 0 exactly
-        from the ramp's end). Returns this step's scale."""
-        now, before = self.scale(self.progress(trainer)), self.scale(self.progress(trainer, trainer.current_accumulate))
-        if not self.chosen or (before > 0 and self.chosen_epoch != trainer.epoch):
-            self.chosen, self.chosen_epoch = self.choose(model), trainer.epoch
-        factor = now / before if before > 0 else 0.0
-        scale_gammas_(model, self.chosen, factor)
+        """After an optimizer step: re-choose the cut at the scheduled percent when it has grown
+        by RECHOOSE (the channels already at 0 are the smallest, so the cut only grows), and
+        set its gammas to 0 in ``model`` and ``eval_model`` (the optimizer moved them). Returns
+        the scheduled percent."""
+        now = self.percent_at(self.progress(trainer))
+        if self.chosen_at is None or now - self.chosen_at >= self.RECHOOSE or (now == self.percent > self.chosen_at):
+            self.chosen, self.chosen_at = self.choose(model, now), now
+        zero_gammas_(model, self.chosen)
         if eval_model is not unwrap(model):
-            scale_gammas_(eval_model, self.chosen, factor)
+            zero_gammas_(eval_model, self.chosen)
         return now
 
     def chosen_fraction(self, n_penalised):
@@ -202,7 +206,7 @@ class BNSparsity:
         self.s, self.prune, self.schedule, self.target = float(s), int(prune), schedule, target
         self.layers = None  # known once the model is (model_transform)
         self.n_channels = 0
-        self.last_scale = None
+        self.last_percent = None
         self.hist = {'epochs': [], 'edges': [], 'counts': []}  # one |gamma| histogram per epoch
 
     def settings(self):
@@ -235,7 +239,7 @@ class BNSparsity:
             t = self.target
             if t is not None:
                 print(f'Sparsity target: the channels of a slim cut at --percent {t.percent:g} --layer_keep '
-                      f'{t.layer_keep:g}, faded to 0 over the first {t.ramp:.0%} of training, then held at 0')
+                      f'{t.layer_keep:g}, reached gradually over the first {t.ramp:.0%} of training, its gammas held at 0')
         return model
 
     def on_grads(self, trainer):
@@ -245,8 +249,8 @@ class BNSparsity:
             add_l1_subgradient_(bn_scales(trainer.ddp, self.layers), lam)
 
     def on_step(self, trainer):
-        """step hook (--sr-target): shrink the chosen gammas of the model and its EMA."""
-        self.last_scale = self.target.on_step(trainer, trainer.ddp, trainer.eval_model())
+        """step hook (--sr-target): hold the scheduled cut at 0 in the model and its EMA."""
+        self.last_percent = self.target.on_step(trainer, trainer.ddp, trainer.eval_model())
 
     def on_epoch_end(self, trainer, epoch):
         """epoch hook: results.csv columns and bn_hist.png."""
@@ -263,9 +267,9 @@ class BNSparsity:
                                                 'counts': torch.stack(self.hist['counts'])}
         self.plot(trainer.save_dir / 'bn_hist.png')
         columns = {**stats, 'sr_lambda': scheduled_lambda(self.s, self.schedule, epoch, trainer.epochs)}
-        if self.target is not None and self.last_scale is not None:
-            columns.update(sr_target_frac=self.target.chosen_fraction(self.n_channels), sr_scale=self.last_scale)
-            if self.last_scale == 0:
+        if self.target is not None and self.last_percent is not None:
+            columns.update(sr_target_frac=self.target.chosen_fraction(self.n_channels), sr_cut=self.last_percent)
+            if self.last_percent == self.target.percent:
                 t = self.target
                 t.cut_percent = t.prune_percent(trainer.eval_model())
                 trainer.ckpt_extras['sparsity'] = self.settings()
