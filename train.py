@@ -83,9 +83,10 @@ def parse_args(argv=None):
     sr.add_argument('--sr-ramp', type=float, default=None, metavar='R',
                     help='--sr-target: fraction of the training over which the cut goes to 0 (default 0.5)')
     kd = p.add_argument_group('knowledge distillation (utils/compress/distill.py)')
-    kd.add_argument('--KDstr', '--kdstr', dest='KDstr', type=int, default=None, choices=[1, 2, 3, 4, 5],
+    kd.add_argument('--KDstr', '--kdstr', dest='KDstr', type=int, default=None, choices=[1, 2, 3, 4, 5, 6],
                     help='strategy: 1 output KL, 2 obj/cls KL + boxes where the student is worse than the teacher, '
-                         '3 obj/cls KL + box imitation, 4 = 3 + feature attention, 5 = 4 under the fine-grained mask')
+                         '3 obj/cls KL + box imitation, 4 = 3 + feature attention, 5 = 4 under the fine-grained mask, '
+                         "6 objectness-guided outputs at the detection loss's scale")
     kd.add_argument('--t_weights', '--t-weights', dest='t_weights', default='',
                     help='teacher weights (.pt, or Darknet .weights with --t_cfg); same head layout as the student')
     kd.add_argument('--t_cfg', '--t-cfg', dest='t_cfg', default='',
@@ -129,7 +130,7 @@ def distillation_flag_error(opt):
     if opt.KDstr is None:
         given = [f for f, v in (('--t_weights', opt.t_weights), ('--t_cfg', opt.t_cfg), ('--kd-weight', opt.kd_weight),
                                 ('--t-precision', opt.t_precision)) if v]
-        return f'{" ".join(given)}: only used by distillation, which is off; add --KDstr 1..5' if given else None
+        return f'{" ".join(given)}: only used by distillation, which is off; add --KDstr 1..6' if given else None
     if opt.kd_weight is not None and not opt.kd_weight > 0:
         return f'--kd-weight {opt.kd_weight}: must be > 0'
     if not opt.t_weights:

@@ -1,10 +1,11 @@
-"""Knowledge distillation (train.py --t_weights --KDstr 1..5, utils/compress/distill.py): each strategy's
+"""Knowledge distillation (train.py --t_weights --KDstr 1..6, utils/compress/distill.py): each strategy's
 loss is 0 for a student equal to its teacher and positive otherwise, its gradient reaches the
 student (and its adapters) but never the teacher; the fine-grained mask by hand; 2-epoch runs
 writing the KD columns (and resuming with them); a layer-pruned student; DDP against one
 process; clear errors for a teacher of another head layout and for inconsistent flags."""
 import copy
 import csv
+import math
 import os
 import signal
 import socket
@@ -16,15 +17,15 @@ import pytest
 import torch
 
 import models
-from utils.general import native_bf16
 import train
 from test_train import NO_AUG, hyp_file, tiny_data  # noqa: F401  (tiny_data is a fixture)
-from utils.compress.distill import (ADAPTERS, WEIGHTS, Distiller, check_head_layout, feature_mask, fine_grained_masks,
+from utils.compress.distill import (bernoulli_kl, objectness_guided_terms, ADAPTERS, WEIGHTS, Distiller, check_head_layout, feature_mask, fine_grained_masks,
                            pair_features, stage_outputs)
 from utils.compress.layer_graph import LayerGraph
 from utils.loss import YOLOLoss
 from utils.parse_config import load_hyp, parse_cfg, rewrite_head
 from utils.compress.prune import compact_model
+from utils.general import native_bf16
 from utils.results import RESULT_FIELDS
 from utils.trainer import Trainer, resume_options
 
@@ -54,7 +55,7 @@ def targets_for(batch):
 
 # ----------------------------------------------------------------------------- the loss itself
 
-@pytest.mark.parametrize('strategy', [1, 2, 3, 4, 5])
+@pytest.mark.parametrize('strategy', [1, 2, 3, 4, 5, 6])
 def test_loss_is_zero_for_the_teacher_itself_positive_otherwise_and_only_the_student_learns(strategy):
     torch.manual_seed(strategy)
     hyp = load_hyp('data/hyp.shapes.yaml')
@@ -73,7 +74,7 @@ def test_loss_is_zero_for_the_teacher_itself_positive_otherwise_and_only_the_stu
     kd = Distiller(strategy, 'teacher.pt', teacher=teacher)
     kd.prepare(student, IMG)
     teacher_before = copy.deepcopy(teacher.state_dict())
-    assert (ADAPTERS in dict(student.named_children())) == (strategy >= 4)
+    assert (ADAPTERS in dict(student.named_children())) == (strategy in (4, 5))
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     loss, columns = kd.loss(student(imgs), imgs, targets, YOLOLoss(student, hyp), student)
     assert all(v.item() > 0 for v in columns.values()), columns
@@ -82,7 +83,7 @@ def test_loss_is_zero_for_the_teacher_itself_positive_otherwise_and_only_the_stu
     grads = {n: p.grad for n, p in student.named_parameters()}
     assert all(g is not None for g in grads.values())
     assert grads['module_list.0.Conv2d.weight'].abs().sum() > 0  # reaches the first layer
-    if strategy >= 4:
+    if strategy in (4, 5):
         assert all(grads[f'{ADAPTERS}.{i}.weight'].abs().sum() > 0 for i in kd.adapters)
     optimizer.step()
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
@@ -141,6 +142,34 @@ def test_bf16_teacher_gives_the_same_loss_to_a_few_percent(strategy):
         torch.testing.assert_close(columns['bf16'][name], value, rtol=0.05, atol=0)
     with pytest.raises(ValueError, match='--t-precision must be one of'):
         Distiller(strategy, 'teacher.pt', teacher=teacher, t_precision='fp16')
+
+
+def test_kdstr6_by_hand():
+    """Bernoulli KL from logits: 0 where student and teacher agree, 0.75 ln 1.5 + 0.25 ln 0.5 for
+    p = 0.75 against 0.5. KDstr 6 teaches background cells objectness only: a student that
+    differs from the teacher in class and box at a cell the teacher calls background has
+    kd_cls = kd_box = 0; the same difference at the teacher's object cell counts, with the
+    detection loss's gains."""
+    s, t = torch.zeros(2), torch.tensor([0.0, math.log(3.0)])
+    torch.testing.assert_close(bernoulli_kl(s, t), torch.tensor([0.0, 0.75 * math.log(1.5) + 0.25 * math.log(0.5)]))
+    hyp = load_hyp('data/hyp.shapes.yaml')
+    model = models.Darknet(TINY, img_size=IMG)
+    loss_fn = YOLOLoss(model, hyp)
+    teacher = [torch.zeros(1, 3, IMG // st, IMG // st, 5 + model.nc) for st in (32, 16)]
+    for p in teacher:
+        p[..., 4] = -30.0  # background everywhere ...
+    teacher[0][0, 1, 0, 0, 4] = 30.0  # ... but one object cell
+    for cell, counts in (((0, 0, 1, 1), False), ((0, 1, 0, 0), True)):
+        student = [p.clone() for p in teacher]
+        student[0][(*cell, slice(0, 4))] += 0.5  # box
+        student[0][(*cell, slice(5, None))] += 1.0  # classes
+        terms = objectness_guided_terms(student, teacher, loss_fn, (IMG, IMG))
+        assert terms['kd_obj'].item() == 0.0  # objectness agrees everywhere
+        assert (terms['kd_cls'].item() > 1e-3) == counts and (terms['kd_box'].item() > 1e-3) == counts
+        if not counts:
+            assert terms['kd_cls'].item() < 1e-9 and terms['kd_box'].item() < 1e-9
+    cls = model.nc * bernoulli_kl(torch.tensor(1.0), torch.tensor(0.0)) * loss_fn.cls_gain
+    torch.testing.assert_close(terms['kd_cls'], cls, rtol=1e-5, atol=0)
 
 
 def test_fine_grained_mask_by_hand():
@@ -232,7 +261,7 @@ def test_two_epochs_write_the_kd_columns(tmp_path, tiny_data, pair, strategy, ca
     assert last['cfg'] == models.load_checkpoint(student)['cfg']  # the student, without adapters
     assert not any(ADAPTERS in k for k in last['model'])
     assert last['distill']['KDstr'] == strategy
-    assert bool(last['distill']['adapters']) == (strategy >= 4)
+    assert bool(last['distill']['adapters']) == (strategy in (4, 5))
     # --t-precision auto (the default) resolved for this CPU
     assert last['distill']['t_precision'] == ('bf16' if native_bf16() else 'fp32')
 
@@ -337,7 +366,7 @@ def test_teacher_of_another_head_layout_is_one_clear_error(tmp_path, tiny_data, 
     (['--KDstr', '2'], r'--KDstr 2 needs the teacher: add --t_weights'),
     (['--t_weights', 'a.pt'], r'--t_weights: only used by distillation, which is off; add --KDstr'),
     (['--KDstr', '1', '--t_weights', 'a.weights'], r'--t_weights a.weights: Darknet weights carry no cfg; add --t_cfg'),
-    (['--KDstr', '6', '--t_weights', 'a.pt'], r'--KDstr/--kdstr: invalid choice: 6 (choose from 1, 2, 3, 4, 5)'),
+    (['--KDstr', '7', '--t_weights', 'a.pt'], r'--KDstr/--kdstr: invalid choice: 7 (choose from 1, 2, 3, 4, 5, 6)'),
     (['--kd-weight', '5'], r'--kd-weight: only used by distillation, which is off; add --KDstr'),
     (['--t-precision', 'bf16'], r'--t-precision: only used by distillation, which is off; add --KDstr'),
     (['--KDstr', '1', '--t_weights', 'a.pt', '--kd-weight', '0'], r'--kd-weight 0.0: must be > 0'),

@@ -28,6 +28,10 @@ teacher runs under the student's AMP autocast.
     KDstr 4  3 with 1e-3 ``kd_cls``, plus ``kd_feat``: 1e-3 KL between spatial-softmax attention
              maps A = sum_c |F| (B x HW, softmax over positions) of paired feature maps
     KDstr 5  4 with every attention map multiplied by the fine-grained imitation mask first
+    KDstr 6  ``kd_obj``: Bernoulli KL of every cell's objectness (mean, x hyp obj, as the
+             objectness loss); ``kd_cls`` / ``kd_box``: class KL and squared box difference,
+             averaged over the cells weighted by the teacher's objectness (x the class gain /
+             hyp giou): distillation at the detection loss's own scale (not upstream's)
 
 Matched cells are the detection loss's own assignment (``YOLOLoss.build_targets``); boxes
 are (sigmoid(t_xy), exp(t_wh) x anchor) in grid units, both decoded with the student's
@@ -58,6 +62,7 @@ its diagonal, and ignored heads finer than the map), the one enclosing cell on c
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import models
 from models import unwrap
@@ -69,12 +74,14 @@ __all__ = ['STRATEGIES', 'TEMPERATURE', 'PSI', 'WEIGHTS', 'T_PRECISIONS', 'Disti
            'check_head_layout', 'stage_outputs', 'pair_features', 'soft_kl', 'fine_grained_masks', 'feature_mask']
 
 STRATEGIES = {1: 'output KL', 2: 'obj/cls KL + teacher-bounded boxes', 3: 'obj/cls KL + box imitation',
-              4: '3 + feature attention', 5: '4 under the fine-grained mask'}
+              4: '3 + feature attention', 5: '4 under the fine-grained mask',
+              6: 'objectness-guided outputs at the detection loss\'s scale'}
 TEMPERATURE = 3.0
 PSI = 0.5  # Wang et al.'s fine-grained mask threshold factor
 T_PRECISIONS = ('fp32', 'bf16', 'auto')  # --t-precision of the teacher's forward
 WEIGHTS = {1: {'kd': 1e-3}, 2: {'kd_box': 1e-3, 'kd_cls': 1e-4}, 3: {'kd_box': 1e-3, 'kd_cls': 1e-4},
-           4: {'kd_box': 1e-3, 'kd_cls': 1e-3, 'kd_feat': 1e-3}, 5: {'kd_box': 1e-3, 'kd_cls': 1e-3, 'kd_feat': 1e-3}}
+           4: {'kd_box': 1e-3, 'kd_cls': 1e-3, 'kd_feat': 1e-3}, 5: {'kd_box': 1e-3, 'kd_cls': 1e-3, 'kd_feat': 1e-3},
+           6: {'kd_obj': 1.0, 'kd_cls': 1.0, 'kd_box': 1.0}}  # 6: each term already carries its detection gain
 ADAPTERS = 'distill_adapters'  # the student's submodule holding the 1x1 adapters
 
 
@@ -184,6 +191,43 @@ def soft_kl(student_logits, teacher_logits, temperature=TEMPERATURE):
     return temperature ** 2 * (log_p_t.exp() * (log_p_t - log_p_s)).sum()
 
 
+def bernoulli_kl(student_logits, teacher_logits):
+    """KL(Bernoulli(sigmoid(t)) || Bernoulli(sigmoid(s))) elementwise, from logits: the BCE of the
+    student against the teacher's probability minus the teacher's own entropy (exactly 0 where
+    they agree; the gradient is the BCE's, sigmoid(s) - sigmoid(t))."""
+    log_p, log_not_p = F.logsigmoid(teacher_logits), F.logsigmoid(-teacher_logits)
+    return log_p.exp() * (log_p - F.logsigmoid(student_logits)) + \
+        log_not_p.exp() * (log_not_p - F.logsigmoid(-student_logits))
+
+
+def objectness_guided_terms(heads, teacher_heads, loss_fn, img_hw):
+    """KDstr 6 (after Mehta & Ozturk 2018, in the detection loss's own units): per head,
+    ``kd_obj`` the Bernoulli KL of the objectness over every cell (mean, like the objectness
+    loss, with its gain and per-stride balance); ``kd_cls`` the class KL and ``kd_box`` the
+    squared difference of the decoded (xy in cell, wh in anchors) boxes, each averaged over the
+    cells weighted by the teacher's objectness, so background cells (the great majority) teach
+    objectness only. Gains: hyp obj, the class loss's cls gain, hyp giou. Returns {name: scalar}."""
+    hyp = loss_fn.hyp
+    kd_obj = kd_cls = kd_box = heads[0].new_zeros((), dtype=torch.float32)
+    for layer, p_s, p_t in zip(loss_fn.heads, heads, teacher_heads):
+        p_s, p_t = p_s.float(), p_t.float()
+        if layer.new_coords:
+            raise ValueError('--KDstr 6 needs logistic heads (new_coords=0)')
+        obj_t = p_t[..., 4].sigmoid()
+        weight = loss_fn.balance.get(int(round(img_hw[0] / p_s.shape[2])), 1.0) if loss_fn.balance else 1.0
+        kd_obj = kd_obj + weight * bernoulli_kl(p_s[..., 4], p_t[..., 4]).mean()
+        mass = obj_t.sum().clamp_min(1e-6)
+        if p_s.shape[-1] > 5:
+            cls = bernoulli_kl(p_s[..., 5:], p_t[..., 5:]).sum(-1)
+            kd_cls = kd_cls + (obj_t * cls).sum() / mass
+        stride_wh = p_s.new_tensor([img_hw[1] / p_s.shape[3], img_hw[0] / p_s.shape[2]])
+        anchors = (layer.anchors.to(p_s) / stride_wh).view(1, -1, 1, 1, 2)
+        box_s = torch.cat(layer.box_xywh(p_s[..., :2], p_s[..., 2:4], anchors), -1)
+        box_t = torch.cat(layer.box_xywh(p_t[..., :2], p_t[..., 2:4], anchors), -1)
+        kd_box = kd_box + (obj_t * (box_s - box_t).square().sum(-1)).sum() / mass
+    return {'kd_obj': kd_obj * hyp['obj'], 'kd_cls': kd_cls * loss_fn.cls_gain, 'kd_box': kd_box * hyp['giou']}
+
+
 def _log_softmax(x):
     """log_softmax along the last dim from element-wise ops and sums: on CPU, torch's kernel
     takes 3x as long (forward + backward) for the short rows (6-10 values) of head outputs."""
@@ -273,7 +317,7 @@ class Distiller:
 
     @property
     def uses_features(self):
-        return self.strategy >= 4
+        return self.strategy in (4, 5)
 
     def settings(self):
         adapters = {k: v.detach().cpu().clone() for k, v in self.adapters.state_dict().items()} if self.adapters else {}
@@ -314,7 +358,9 @@ class Distiller:
                                  'distillation needs the same head layout')
         batch, img_hw, weights = imgs.shape[0], imgs.shape[-2:], WEIGHTS[self.strategy]
         targets = targets.to(heads[0].device)
-        if self.strategy == 1:
+        if self.strategy == 6:
+            terms = objectness_guided_terms(heads, teacher_heads, loss_fn, img_hw)
+        elif self.strategy == 1:
             terms = {'kd': sum(soft_kl(s, t, self.temperature) for s, t in zip(heads, teacher_heads)) / batch}
         else:
             terms = {'kd_box': self._box_term(heads, teacher_heads, targets, img_hw, loss_fn) / batch,
