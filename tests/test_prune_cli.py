@@ -123,7 +123,7 @@ def test_script_writes_a_consistent_pruned_model(script, pruned, ckpt):
     for r in rows:
         assert all(isinstance(r[k], (int, float)) and math.isfinite(r[k]) for k in METRICS), r
         assert 0 <= r['map50'] <= 1 and 0 <= r['map50_95'] <= 1 and r['latency_ms'] > 0 and r['gflops'] > 0, r
-    original, masked, final = rows[0], rows[1], rows[-1]
+    original, masked, final = rows[0], rows[1], next(r for r in rows if r['saved'])
     source, _ = models.model_from_checkpoint(ckpt[0])
     assert original['params'] == models.count_parameters(source)[0]
     assert masked['params'] == original['params'] and masked['latency_ms'] == original['latency_ms']  # full size
@@ -138,13 +138,18 @@ def test_script_writes_a_consistent_pruned_model(script, pruned, ckpt):
     x = torch.rand(2, 3, IMG, IMG, generator=torch.Generator().manual_seed(0))
     assert torch.equal(outputs(model, x), outputs(dark, x))
     assert final['params'] == models.count_parameters(dark)[0]
-    for k, v in stages[-1].model.state_dict().items():  # what main returned is what was saved
+    # adaptive BN is kept exactly when it lowered the held-out training loss, and the saved stage is marked
+    decision = report['adaptive_bn']
+    assert decision['used'] == (decision['loss_with'] < decision['loss_without'])
+    assert [r['saved'] for r in rows] == [False] * (len(rows) - 2) + [not decision['used'], decision['used']]
+    saved = stages[-1] if decision['used'] else stages[-2]
+    for k, v in saved.model.state_dict().items():  # what was saved is the stage the report marks
         assert torch.equal(v.cpu(), model.state_dict()[k]), k
-    compact = stages[-2].model.state_dict()  # adaptive BN re-estimated the running statistics, nothing else
-    assert compact.keys() == model.state_dict().keys()
-    for k, v in model.state_dict().items():
+    compact, adapted = stages[-2].model.state_dict(), stages[-1].model.state_dict()
+    assert compact.keys() == adapted.keys()  # adaptive BN re-estimated the running statistics, nothing else
+    for k, v in adapted.items():
         if not k.endswith('num_batches_tracked'):
-            assert torch.equal(v, compact[k].cpu()) != k.endswith(('running_mean', 'running_var')), k
+            assert torch.equal(v.cpu(), compact[k].cpu()) != k.endswith(('running_mean', 'running_var')), k
 
     # per-layer rows: every conv of the original, narrower or gone, and some change
     graph = LayerGraph(source.module_defs, source.in_channels)
