@@ -25,6 +25,17 @@ KEYS = ('prune80_no_ft_map50', 'prune80_ft_map50', 'qat4_delta_points', 'qat4_fp
         'kd_step_overhead')
 
 
+def relative(path):
+    """``path`` relative to the repository when it lies inside it (no machine paths in the tree)."""
+    path = Path(path) if path else None
+    if path is None:
+        return ''
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def record(values, results='', extra=None, path=PATH, argv=None):
     """Merge {key: number} into ``path`` (atomically), each with the command that produced it."""
     unknown = set(values) - set(KEYS)
@@ -35,7 +46,7 @@ def record(values, results='', extra=None, path=PATH, argv=None):
     argv = sys.argv if argv is None else argv
     command = 'python3 ' + shlex.join([str(Path(argv[0]).resolve().relative_to(ROOT)) if Path(argv[0]).is_file()
                                        else argv[0], *map(str, argv[1:])])
-    stamp = {'command': command, 'results': str(results), 'cpu': cpu_text(cpu_info()),
+    stamp = {'command': command, 'results': relative(results), 'cpu': cpu_text(cpu_info()),
              'date': datetime.date.today().isoformat(), **(extra or {})}
     for key, value in values.items():
         data[key] = {'value': None if value is None else round(float(value), 4), **stamp}
