@@ -95,53 +95,49 @@ def test_loss_is_zero_for_the_teacher_itself_positive_otherwise_and_only_the_stu
     student.load_state_dict(student.state_dict())
 
 
-@pytest.mark.parametrize('strategy', [1, 3, 5])
-def test_kd_weight_scales_every_term(strategy):
-    """--kd-weight W: every column (and so the loss) is W times the column at weight 1, on the
-    same batch, student and teacher; the weight is in the checkpoint's distill settings."""
+def kd_columns(strategy, **settings):
+    """{label: KD columns} of one batch, one random teacher and one narrower student, for each
+    ``label: Distiller keywords`` in ``settings`` (the adapters initialised alike)."""
     torch.manual_seed(0)
     hyp = load_hyp('data/hyp.shapes.yaml')
     teacher = models.Darknet(MINI, img_size=IMG).eval().requires_grad_(False)
     student = models.Darknet(narrow(MINI), img_size=IMG).train()
     imgs, targets = torch.rand(2, 3, IMG, IMG), targets_for(2)
-    columns = {}
-    for weight in (1.0, 4.0):
-        kd = Distiller(strategy, 'teacher.pt', teacher=teacher, weight=weight)
+    out = {}
+    for label, kw in settings.items():
+        kd = Distiller(strategy, 'teacher.pt', teacher=teacher, **kw)
         model = copy.deepcopy(student)
         torch.manual_seed(1)  # the adapters' initialisation
         kd.prepare(model, IMG)
-        loss, columns[weight] = kd.loss(model(imgs), imgs, targets, YOLOLoss(model, hyp), model)
-        torch.testing.assert_close(loss.detach(), sum(columns[weight].values()))
-        assert kd.settings()['weight'] == weight
-    for name, value in columns[1.0].items():
+        loss, out[label] = kd.loss(model(imgs), imgs, targets, YOLOLoss(model, hyp), model)
+        assert loss.dtype == torch.float32
+        torch.testing.assert_close(loss.detach(), sum(out[label].values()))
+        assert all(kd.settings()[k] == v for k, v in kw.items())
+    return out
+
+
+@pytest.mark.parametrize('strategy', [1, 3, 5, 6])
+def test_kd_weight_scales_every_term(strategy):
+    """--kd-weight W: every column (and so the loss) is W times the column at weight 1, on the
+    same batch, student and teacher; the weight is in the checkpoint's distill settings."""
+    columns = kd_columns(strategy, one={'weight': 1.0}, four={'weight': 4.0})
+    for name, value in columns['one'].items():
         assert value.item() > 0
-        torch.testing.assert_close(columns[4.0][name], 4.0 * value)
+        torch.testing.assert_close(columns['four'][name], 4.0 * value)
     with pytest.raises(ValueError, match='--kd-weight must be > 0'):
-        Distiller(strategy, 'teacher.pt', teacher=teacher, weight=-1)
+        Distiller(strategy, 'teacher.pt', weight=-1)
 
 
-@pytest.mark.parametrize('strategy', [1, 5])
+@pytest.mark.parametrize('strategy', [1, 5, 6])
 def test_bf16_teacher_gives_the_same_loss_to_a_few_percent(strategy):
     """--t-precision bf16: the teacher's forward under CPU autocast (emulated where the CPU has
     no bfloat16 units) moves every KD column by a few percent at most; the student's output
-    and the gradients stay float32."""
-    torch.manual_seed(0)
-    hyp = load_hyp('data/hyp.shapes.yaml')
-    teacher = models.Darknet(MINI, img_size=IMG).eval().requires_grad_(False)
-    student = models.Darknet(narrow(MINI), img_size=IMG).train()
-    imgs, targets = torch.rand(2, 3, IMG, IMG), targets_for(2)
-    columns = {}
-    for precision in ('fp32', 'bf16'):
-        kd = Distiller(strategy, 'teacher.pt', teacher=teacher, t_precision=precision)
-        model = copy.deepcopy(student)
-        torch.manual_seed(1)
-        kd.prepare(model, IMG)
-        loss, columns[precision] = kd.loss(model(imgs), imgs, targets, YOLOLoss(model, hyp), model)
-        assert loss.dtype == torch.float32
+    and the loss stay float32."""
+    columns = kd_columns(strategy, fp32={'t_precision': 'fp32'}, bf16={'t_precision': 'bf16'})
     for name, value in columns['fp32'].items():
         torch.testing.assert_close(columns['bf16'][name], value, rtol=0.05, atol=0)
     with pytest.raises(ValueError, match='--t-precision must be one of'):
-        Distiller(strategy, 'teacher.pt', teacher=teacher, t_precision='fp16')
+        Distiller(strategy, 'teacher.pt', t_precision='fp16')
 
 
 def test_kdstr6_by_hand():
