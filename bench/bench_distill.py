@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from utils.general import atomic_write_text  # noqa: E402
 from frontier import record  # noqa: E402
-STRATEGIES = [0, 1, 2, 3, 4, 5]  # 0 = plain fine-tuning
+STRATEGIES = [0, 1, 2, 3, 4, 5, 6]  # 0 = plain fine-tuning
 
 
 def parse_args(argv=None):
@@ -160,7 +160,7 @@ def write(out, args, rows, steps):
     lines = [f'# Distillation benchmark: {args.student} from {args.teacher} on {Path(args.data).name} at '
              f'{args.img_size} px', '']
     weight = f' --kd-weight {args.kd_weight:g}' if args.kd_weight != 1 else ''
-    names = {0: 'plain fine-tuning', **{k: f'KDstr {k}{weight}' for k in range(1, 6)}}
+    names = {0: 'plain fine-tuning', **{k: f'KDstr {k}{weight}' for k in range(1, 7)}}
     step_ms = steps[0] if steps else {}
     for epochs in args.epochs:
         lines += [f'## {epochs} epochs', '',
