@@ -42,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument('--strategies', type=int, nargs='+', default=STRATEGIES, help='0 = plain fine-tuning')
     p.add_argument('--seeds', type=int, nargs='+', default=[0])
     p.add_argument('--kd-weight', type=float, default=1.0, help='train.py --kd-weight of every distilled run')
+    p.add_argument('--t-precision', default=None, choices=['fp32', 'bf16', 'auto'],
+                   help="train.py --t-precision of every distilled run (default: train.py's, auto)")
     p.add_argument('--frontier-strategy', type=int, default=None,
                    help='the KDstr whose gain and step overhead go to bench/frontier.json (default: the last of '
                         '--strategies; 0 = do not record)')
@@ -62,7 +64,8 @@ def kd_flags(args, strategy):
     if not strategy:
         return []
     weight = ['--kd-weight', str(args.kd_weight)] if args.kd_weight != 1 else []
-    return ['--t_weights', args.teacher, '--KDstr', str(strategy), *weight]
+    precision = ['--t-precision', args.t_precision] if args.t_precision else []
+    return ['--t_weights', args.teacher, '--KDstr', str(strategy), *weight, *precision]
 
 
 def fine_tune(out, args, epochs, strategy, seed):
@@ -151,7 +154,8 @@ def record_frontier(out, args, rows, steps):
     gains = [100 * (a - b) for a, b in zip(runs[k], runs[0])]  # per seed: the same seed's plain run
     overhead = steps[0][k] / steps[0][0] - 1 if steps and 0 in steps[0] else None
     record({'kd_gain_points': statistics.mean(gains), 'kd_step_overhead': overhead}, results=out / 'results.json',
-           extra={'strategy': k, 'kd_weight': args.kd_weight, 'epochs': epochs, 'seeds': args.seeds,
+           extra={'strategy': k, 'kd_weight': args.kd_weight, 't_precision': args.t_precision or 'auto',
+                  'epochs': epochs, 'seeds': args.seeds,
                   'gain_per_seed': [round(g, 2) for g in gains], 'teacher': args.teacher, 'student': args.student})
 
 
