@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / 'bench'), str(ROOT)]
 from utils.general import atomic_write_text  # noqa: E402
 from frontier import record  # noqa: E402
 STRATEGIES = [0, 1, 2, 3, 4, 5, 6]  # 0 = plain fine-tuning
@@ -91,33 +91,11 @@ def fine_tune(out, args, epochs, strategy, seed):
 
 
 def time_steps(out, args, strategies):
-    """{strategy: median seconds per training step} over the same in-memory batches."""
-    import torch
-    import train
-    from utils.trainer import Trainer
-    trainers, batches = {}, None
-    for k in strategies:
-        kd = kd_flags(args, k)
-        opt = train.parse_args(['--weights', args.student, '--data', args.data, '--img-size', str(args.img_size),
-                                '--workers', '0', '--notest', '--project', str(out / 'timing'), *kd])
-        trainer = train.add_features(Trainer(opt)).setup()
-        trainer.current_accumulate = 1
-        trainers[k] = trainer
-        if batches is None:
-            batches = []
-            for imgs, targets, _, _ in trainer.train_loader:
-                imgs = imgs.float().div_(255).contiguous(memory_format=torch.channels_last)
-                batches.append((imgs, targets))
-                if len(batches) == args.timing_steps:
-                    break
-    times = {k: [] for k in strategies}
-    for _ in range(args.timing_rounds):
-        for k, trainer in trainers.items():
-            t0 = time.perf_counter()
-            for i, (imgs, targets) in enumerate(batches):
-                trainer._step(imgs, targets, i)
-            times[k].append((time.perf_counter() - t0) / len(batches))
-    return {k: statistics.median(v) for k, v in times.items()}, torch.get_num_threads()
+    """{strategy: median seconds per training step} over the same in-memory batches (bench/steptime.py)."""
+    from steptime import time_steps as steps_of
+    base = ['--weights', args.student, '--data', args.data, '--img-size', args.img_size]
+    return steps_of({k: [*base, *kd_flags(args, k)] for k in strategies}, args.timing_steps, args.timing_rounds,
+                    out / 'timing')
 
 
 def main(argv=None):

@@ -69,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--latency-runs', type=int, default=60, help='interleaved batch-1 rounds of the deployment timing')
     p.add_argument('--no-deploy', action='store_true', help='skip the export / runtime stage')
+    p.add_argument('--timing-steps', type=int, default=0, help='also time N training steps of every QAT recipe on '
+                   'the same in-memory batches, interleaved (bench/steptime.py; 0 = off)')
+    p.add_argument('--timing-rounds', type=int, default=3)
     return p.parse_args(argv)
 
 
@@ -131,12 +134,14 @@ def write(out, args, groups, deployed=()):
              '(test.py for PTQ).', '']
     for title, rows in groups:
         refs = {r['recipe']: r for r in rows if r['recipe'] in ('float', 'base')}
-        lines += [f'## {title}', '', '| recipe | mAP@0.5 | vs its float reference | mAP@0.5:0.95 | minutes |',
-                  '|---|---|---|---|---|']
+        lines += [f'## {title}', '', '| recipe | mAP@0.5 | vs its float reference | mAP@0.5:0.95 | minutes | '
+                  'ms/step (interleaved) |', '|---|---|---|---|---|---|']
         for r in rows:  # QAT against the float model fine-tuned alike, PTQ against the model it calibrates
             ref = refs.get('base' if r['recipe'] in PTQ else 'float')
             delta = f'{100 * (r["map50"] - ref["map50"]):+.1f} pts' if ref and ref is not r else ''
-            lines.append(f'| {r["label"]} | {r["map50"]:.3f} | {delta} | {r["map50_95"]:.3f} | {r["minutes"]:.1f} |')
+            step = f'{r["ms_step"]:.0f}' if 'ms_step' in r else ''
+            lines.append(f'| {r["label"]} | {r["map50"]:.3f} | {delta} | {r["map50_95"]:.3f} | {r["minutes"]:.1f} | '
+                         f'{step} |')
         lines.append('')
     if deployed:
         ref = {rt: deployed[0][f'{rt}_ms'] for rt in ('ORT', 'OpenVINO')}
@@ -167,9 +172,23 @@ def main(argv=None):
                                                                  [r for r in args.recipes if r in PRUNED], args, hyp)))
         write(out, args, groups)
     record_frontier(out, args, groups[0][1])
+    if args.timing_steps:
+        time_recipes(out, args, groups[0][1], hyp)
+        write(out, args, groups)
     if not args.no_deploy:
         write(out, args, groups, deploy(out, args))
     print((out / 'results.md').read_text())
+
+
+def time_recipes(out, args, rows, hyp):
+    """ms per training step of every trained recipe in ``rows`` (into each row's 'ms_step')."""
+    from steptime import time_steps
+    trained = [r for r in rows if r['recipe'] in RECIPES]
+    variants = {r['recipe']: ['--weights', args.base, '--data', args.data, '--img-size', args.img_size, '--hyp', hyp,
+                              *RECIPES[r['recipe']][1]] for r in trained}
+    seconds, threads = time_steps(variants, args.timing_steps, args.timing_rounds, out / 'timing')
+    for r in trained:
+        r['ms_step'], r['threads'] = 1e3 * seconds[r['recipe']], threads
 
 
 FRONTIER = {'qat4_delta_points': ('g4_fold', 'g4_fold_mse'), 'qat4_fpga_delta_points': ('g4_fold_fpga', 'g4_fold_fpga_mse')}
