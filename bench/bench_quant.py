@@ -75,6 +75,14 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def stage_minutes(stage, minutes):
+    """The minutes a stage took when it ran: a rerun that skips it keeps the first figure."""
+    path = Path(str(stage) + '.minutes.json')
+    if not path.is_file():
+        atomic_write_text(path, json.dumps({'minutes': minutes}))
+    return json.loads(path.read_text())['minutes']
+
+
 def measure(out, prefix, weights, names, args, hyp):
     rows = []
     for name in names:
@@ -88,7 +96,7 @@ def measure(out, prefix, weights, names, args, hyp):
             _, row = train(out, f'{prefix}{name}', args, ['--weights', weights, '--epochs', args.epochs, '--hyp', hyp,
                                                            *flags])
             rows.append({'recipe': name, 'label': label, 'map50': row['mAP@0.5'], 'map50_95': row['mAP@0.5:0.95']})
-        rows[-1]['minutes'] = (time.time() - t0) / 60
+        rows[-1]['minutes'] = stage_minutes(out / f'{prefix}{name}', (time.time() - t0) / 60)
         print(rows[-1], flush=True)
     return rows
 
