@@ -48,7 +48,7 @@ def files_of(out, args):
     return models_
 
 
-def jobs_for(out, label, files, threads, args):
+def jobs_for(out, label, files, t, args):
     from utils.deploy.backends import openvino_xml
     from utils.deploy.latency import darknet_job, openvino_job, ort_job, torch_job
     stem = label.replace(' ', '_')
