@@ -48,6 +48,7 @@ class PruneRun:
         self.names = self.ckpt_info.get('names') or read_names(self.data.get('names'), self.model.nc)
         self.graph = LayerGraph(self.model.module_defs, self.model.in_channels)
         self._loaders = {}
+        self.adapt_decision = None  # finish(): whether adaptive BN was kept, and why
         self._check_sparsity()
         if getattr(opt, 'percent', None) == 'auto':
             opt.percent = self.prepared_percent()
@@ -204,7 +205,7 @@ class PruneRun:
                                pruning={'method': self.method, 'amount': str(amount), 'source': str(opt.weights)})
         report = {'method': self.method, 'amount': str(amount), 'weights': str(opt.weights), 'cfg': str(opt.cfg),
                   'data': str(opt.data), 'img_size': opt.img_size, 'adapt_bn_images': opt.adapt_bn,
-                  'adaptive_bn': getattr(self, 'adapt_decision', None),
+                  'adaptive_bn': self.adapt_decision,
                   'stages': [{'label': s.label, **s.metrics} for s in stages],
                   'layers': layer_rows(self.graph, model),
                   'files': {k: str(v) for k, v in paths.items()}}

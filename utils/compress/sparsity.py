@@ -222,7 +222,7 @@ class BNSparsity:
         self.layers = penalised_layers(model, self.prune)
         n = self.n_channels = sum(g.numel() for g in bn_scales(model, self.layers))
         if self.target is not None:
-            self.target.graph, self.target.layers = LayerGraph(unwrap(model).module_defs), self.layers
+            self.target.graph, self.target.layers = LayerGraph(unwrap(model).sections), self.layers
             try:  # a cut that empties a layer is a flag error now, not at the first step
                 self.target.choose(model)
             except ValueError as e:
