@@ -126,20 +126,37 @@ def numpy_decoder(spec, size):
     return decode
 
 
-def decode_outside_runner(path, threads, spec, size):
-    """ONNX Runtime on the raw-heads graph, then the numpy decode: the pair, timed as one call."""
+def decode_outside_runner(path, threads, spec, size, runtime='ort'):
+    """ONNX Runtime (``runtime`` 'ort') or OpenVINO ('openvino') on the raw-heads graph, then the
+    numpy decode: the pair, timed as one call."""
+    decode = numpy_decoder(spec, size)
+    if runtime == 'openvino':
+        import openvino as ov
+
+        from utils.deploy.runtime_settings import openvino_config
+        core = ov.Core()
+        model = core.read_model(str(path))
+        model.reshape([1, 3, size, size])
+        compiled = core.compile_model(model, 'CPU', openvino_config(threads))
+        request = compiled.create_infer_request()
+        outputs = list(compiled.outputs)
+
+        def run(x):
+            result = request.infer({0: x})
+            return decode([result[o] for o in outputs])
+        return run
     import onnxruntime as ort
 
     from utils.deploy.runtime_settings import ort_session_options
     session = ort.InferenceSession(str(path), ort_session_options(threads), providers=['CPUExecutionProvider'])
     name = session.get_inputs()[0].name
-    decode = numpy_decoder(spec, size)
     return lambda x: decode(session.run(None, {name: x}))
 
 
-def decode_outside_job(path, threads, batch, size, spec):
+def decode_outside_job(path, threads, batch, size, spec, runtime='ort'):
     return Job('tune_runtimes:decode_outside_runner', {'path': str(path), 'threads': threads, 'spec': spec,
-                                                        'size': size}, threads, (batch, 3, size, size))
+                                                        'size': size, 'runtime': runtime},
+               threads, (batch, 3, size, size))
 
 
 def quantize_variant(fp32_path, out_path, images, op_types, fmt):
@@ -214,7 +231,7 @@ def build_files(model, size, tmp):
     for p in fused.parameters():
         p.requires_grad_(True)  # MaxPool as MaxPool (see utils.deploy.export.onnx_bytes)
     f = {k: tmp / f'{k}.onnx' for k in ('fp32', 'fp32_static', 'fp32_slim', 'raw', 'int8', 'int8_slim',
-                                        'int8_convout', 'int8_qop')}
+                                        'int8_convout', 'int8_qop', 'int8_raw')}
     f['fp32'].write_bytes(onnx_bytes(fused, torch.zeros(1, 3, size, size), dynamic=True))
     f['fp32_static'].write_bytes(onnx_bytes(fused, torch.zeros(1, 3, size, size), dynamic=False))
     slim_file(f['fp32'], f['fp32_slim'])
@@ -223,6 +240,7 @@ def build_files(model, size, tmp):
     slim_file(f['int8'], f['int8_slim'])
     quantize_variant(f['fp32'], f['int8_convout'], images, CONV_OUTPUT_OPS, 'QDQ')
     quantize_variant(f['fp32'], f['int8_qop'], images, CONV_OUTPUT_OPS, 'QOperator')
+    quantize_int8(f['raw'], f['int8_raw'], images)  # the head convs are the graph's outputs: they stay float
     return f, images
 
 
@@ -244,7 +262,7 @@ def check_files(files, model, size, images):
            'int8': np.concatenate([r[0] for r in run(files['int8'])])}
     for name, path in files.items():
         got = run(path)
-        pred = np.concatenate([decode(r) if name == 'raw' else r[0] for r in got])
+        pred = np.concatenate([decode(r) if name.endswith('raw') else r[0] for r in got])
         base = 'int8' if name.startswith('int8') else 'fp32'
         entry = {'baseline': base, 'max_rel_diff_vs_baseline': float(relative_diff(pred, ref[base])),
                  'ort_ops': optimized_ops(path)}
@@ -280,6 +298,8 @@ def experiments(files, spec, size, threads):
         ('ORT INT8', 'onnxslim', 'onnxslim on the graph', ort(files['int8_slim'])),
         ('ORT INT8', 'QDQ conv outputs', 'conv outputs quantized too (QLinearConv fusion)', ort(files['int8_convout'])),
         ('ORT INT8', 'QOperator', 'QOperator format, same ops', ort(files['int8_qop'])),
+        ('ORT INT8', 'decode outside', 'raw heads from ORT, decode in numpy', decode_outside_job(
+            files['int8_raw'], threads, 1, size, spec)),
         ('OpenVINO FP32', 'baseline', 'defaults: f32, LATENCY, threads set, 1 stream', ov(files['fp32'])),
         ('OpenVINO FP32', 'no hint', 'no PERFORMANCE_HINT', ov(files['fp32'], hint=None)),
         ('OpenVINO FP32', 'hint threads', 'no INFERENCE_NUM_THREADS: the plugin uses every core', Job(
@@ -287,12 +307,16 @@ def experiments(files, spec, size, threads):
             (1, 3, size, size))),
         ('OpenVINO FP32', 'hint streams', 'NUM_STREAMS from the hint', ov(files['fp32'], streams=None)),
         ('OpenVINO FP32', 'onnxslim', 'onnxslim on the graph', ov(files['fp32_slim'])),
+        ('OpenVINO FP32', 'decode outside', 'raw heads from OpenVINO, decode in numpy', decode_outside_job(
+            files['raw'], threads, 1, size, spec, 'openvino')),
         ('OpenVINO FP32', 'bf16 (other precision)', 'INFERENCE_PRECISION_HINT not set: bf16 on this CPU',
          ov(files['fp32'], precision=None)),
         ('OpenVINO INT8', 'baseline', 'quantize_int8 graph, defaults', ov(files['int8'])),
         ('OpenVINO INT8', 'no hint', 'no PERFORMANCE_HINT', ov(files['int8'], hint=None)),
         ('OpenVINO INT8', 'onnxslim', 'onnxslim on the graph', ov(files['int8_slim'])),
         ('OpenVINO INT8', 'QDQ conv outputs', 'conv outputs quantized too', ov(files['int8_convout'])),
+        ('OpenVINO INT8', 'decode outside', 'raw heads from OpenVINO, decode in numpy', decode_outside_job(
+            files['int8_raw'], threads, 1, size, spec, 'openvino')),
     ]
 
 
