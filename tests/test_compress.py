@@ -163,6 +163,7 @@ def test_report_and_plot_from_records(tmp_path):
     assert '**10.0x faster**' in md and '(**-0.5 points**)' in md and 'within 1 point: met' in md
     assert '| slim:0.76:k0.2 | distilled (KDstr 3) | **failed**: distillation' in md
     assert '| baseline/weights/best.pt | 2 |' in md  # files named relative to --out
+    assert 'Picked: slim:0.76:k0.2 (the only plan)' in md  # --quick has one plan: nothing was compared
     assert str(ROOT) not in md
     rec = json.loads((tmp_path / 'report.json').read_text())
     assert rec['headline']['speedup'] == pytest.approx(10) and rec['headline']['target_met']

@@ -498,6 +498,8 @@ def markdown(rec, args):
         timed = rec.get('pick_latency')
         if args.pick != 'auto':
             why = '--pick'
+        elif len({r['plan'] for r in rec['finetune']}) == 1:
+            why = 'the only plan'
         elif timed and s['plan'] in timed['ms']:
             others = ', '.join(f'{plan} {ms:.2f} ms' for plan, ms in sorted(timed['ms'].items(), key=lambda kv: kv[1]))
             why = (f'the fastest in {timed["runtime"]} ({timed["threads"]} threads; {others}) of the plans within '
