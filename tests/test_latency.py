@@ -79,6 +79,13 @@ def test_rounds_interleave_one_worker_at_a_time(tmp_path):
         assert sorted(block) == names and block[0] == names[r % 3], order
 
 
+def test_split_turns_by_hand():
+    first, later = latency.split_turns([9, 1, 2, 8, 3, 4], 3)  # two turns of 3 calls
+    assert first == [9, 8] and later == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match='whole turns'):
+        latency.split_turns([1, 2, 3, 4], 3)
+
+
 def test_a_failing_runtime_is_dropped_with_one_line():
     jobs = {'good': Job('test_latency:sleeper', {'seconds': 0.001}, 1, SHAPE),
             'OpenCV DNN': Job('test_latency:broken', {'at_call': 0}, 1, SHAPE),

@@ -307,6 +307,16 @@ def time_per_process(jobs, runs, per_turn=1, warmup=2, gap=GAP_S, turn_warmup=0,
 
 # ----------------------------------------------------------------------------- results
 
+def split_turns(seconds, per_turn):
+    """(first calls, later calls) of time_per_process(..., per_turn) times: the first call of
+    each turn runs after the other workers' turns (caches and thread pools cold), the later ones
+    back to back, as a detector on a stream of frames runs."""
+    if len(seconds) % per_turn:
+        raise ValueError(f'{len(seconds)} times are not whole turns of {per_turn} calls')
+    turns = [seconds[i:i + per_turn] for i in range(0, len(seconds), per_turn)]
+    return [t[0] for t in turns], [x for t in turns for x in t[1:]]
+
+
 def summarize(seconds, gflops_per_image, batch, opencv_ms):
     """Median, 10th and 90th percentile (ms) of ``seconds``, achieved GFLOP/s and the ratio to
     ``opencv_ms`` (None without one)."""
