@@ -178,6 +178,41 @@ def test_latency_stage_reports_back_to_back_calls_and_first_calls(tmp_path, monk
     assert ov['median_ms'] == pytest.approx(2) and ov['ratio_to_opencv'] == pytest.approx(0.2)
 
 
+def test_a_plan_the_model_cannot_take_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
+    """A prune script's one-line error reaches the report; the other plans are pruned and
+    fine-tuned; every plan failing ends the run with all their errors."""
+    from utils.compress import pipeline
+    args = showcase.fill_budget(compress.parse_args(['--out', str(tmp_path), '--plans', 'normal:0.55', 'slim:0.7']))
+    show = showcase.Showcase(args)
+    model = {'params': 100, 'gflops': 1.0, 'mb': 1.0, 'epochs': 1, 'map50': 0.9, 'map50_95': 0.6}
+    show.rec.update({'timings': {}, 'sparsity': {**model, 'pt': 'sparse.pt'}, 'baseline': {**model, 'pt': 'b.pt'}})
+    log = tmp_path / 'prune_normal_0.55.log'
+    log.write_text('Pruning ...\nError: --percent 0.55: layer 20 would lose all 128 channels\n')
+    pt = tmp_path / 'slim.pt'
+    pt.write_bytes(b'x' * 1024)
+    stages = [{'label': 'original', 'params': 100, 'gflops': 1.0, 'map50': 0.9, 'map50_95': 0.6},
+              {'label': 'compact', 'params': 30, 'gflops': 0.4, 'map50': 0.5, 'map50_95': 0.3, 'saved': True}]
+
+    def fake_prune(out, weights, plan, a):
+        if plan.startswith('normal'):
+            pipeline.run(['-c', 'import sys; sys.exit(1)'], log, append=True)
+        return {'stages': stages, 'files': {'pt': str(pt)}}
+    monkeypatch.setattr(showcase, 'prune', fake_prune)
+    show.prune()
+    failed, ok = show.rec['prune']
+    assert failed['plan'] == 'normal:0.55' and 'layer 20 would lose all 128 channels' in failed['error']
+    assert ok['plan'] == 'slim:0.7' and ok['removed'] == pytest.approx(0.7) and ok['map50_pruned'] == 0.5
+    trained = []
+    monkeypatch.setattr(show, 'trained', lambda name, epochs, extra: trained.append(name) or dict(model))
+    monkeypatch.setattr(show, 'pick', lambda rows: rows[0])
+    show.finetune()
+    assert trained == ['finetune_slim_0.7', 'distill_slim_0.7']
+    assert '| normal:0.55 | **failed**: failed (1): Error: --percent 0.55' in showcase.markdown(show.rec, args)
+    monkeypatch.setattr(showcase, 'prune', lambda *a: pipeline.run(['-c', 'import sys; sys.exit(1)'], log))
+    with pytest.raises(pipeline.StageFailed, match='every plan failed: normal:0.55 .*slim:0.7'):
+        show.prune()
+
+
 def test_report_and_plot_from_records(tmp_path):
     args = showcase.fill_budget(compress.parse_args(['--quick', '--out', str(tmp_path)]))
     show = showcase.Showcase(args)

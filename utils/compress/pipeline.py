@@ -40,7 +40,9 @@ def run(cmd, log, append=False):
     with open(log, 'a' if append else 'w') as f:
         rc = subprocess.call([sys.executable, *map(str, cmd)], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     if rc:
-        raise StageFailed(f'failed ({rc}): see {log}')
+        lines = [line.strip() for line in Path(log).read_text(errors='replace').splitlines() if line.strip()]
+        said = f': {lines[-1][:300]}' if lines else ''  # the script's own one-line error, where it gave one
+        raise StageFailed(f'failed ({rc}){said} (see {log})')
     return time.time() - t0
 
 

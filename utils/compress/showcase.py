@@ -191,15 +191,24 @@ class Showcase:
                                                                       '--s', a.s, '--prune', 1])
 
     def prune(self):
+        """Every plan on the sparse model; a plan the model cannot take (e.g. a percent that
+        would empty a layer) is reported as failed and the others go on."""
         rows = []
         for plan in self.args.plans:
-            report = prune(self.out, self.rec['sparsity']['pt'], plan, self.args)
+            try:
+                report = prune(self.out, self.rec['sparsity']['pt'], plan, self.args)
+            except StageFailed as e:
+                print(f'WARNING: plan {plan}: {e}; continuing with the other plans', flush=True)
+                rows.append({'plan': plan, 'error': str(e)})
+                continue
             original, final = report['stages'][0], saved_stage(report)
             compact = next(s for s in report['stages'] if s['label'].startswith('compact'))
             rows.append({'plan': plan, 'pt': report['files']['pt'], 'params': final['params'],
                          'gflops': final['gflops'], 'removed': 1 - final['params'] / original['params'],
                          'mb': size_mb(report['files']['pt']), 'map50_pruned': compact['map50'],
                          'map50': final['map50'], 'map50_95': final['map50_95'], 'final_stage': final['label']})
+        if all('error' in r for r in rows):
+            raise StageFailed('prune: every plan failed: ' + '; '.join(f'{r["plan"]} {r["error"]}' for r in rows))
         self.rec['prune'] = rows
 
     def finetune(self):
@@ -208,6 +217,8 @@ class Showcase:
         a = self.args
         rows = []
         for p in self.rec['prune']:
+            if 'error' in p:
+                continue
             r = self.trained(f'finetune_{plan_name(p["plan"])}', a.ft_epochs, ['--weights', p['pt']])
             rows.append({'plan': p['plan'], 'kind': 'plain', 'name': f'finetune_{plan_name(p["plan"])}', **r})
         pick = self.pick(rows)
@@ -496,6 +507,9 @@ def markdown(rec, args):
                   '| plan | params | removed | GFLOPs | mAP@0.5 pruned | + adaptive BN | mAP@0.5:0.95 | MB (.pt) |',
                   '|---|---|---|---|---|---|---|---|']
         for p in rec['prune']:
+            if 'error' in p:
+                lines.append(f'| {p["plan"]} | **failed**: {p["error"]} |||||||')
+                continue
             lines.append(f'| {p["plan"]} | {p["params"]:,} | {100 * p["removed"]:.1f}% | {p["gflops"]:.3f} | '
                          f'{p["map50_pruned"]:.3f} | {p["map50"]:.3f} | {p["map50_95"]:.3f} | {p["mb"]:.1f} |')
         lines.append('')
