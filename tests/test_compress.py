@@ -208,6 +208,7 @@ def test_a_plan_the_model_cannot_take_is_reported_and_the_others_go_on(tmp_path,
     show.finetune()
     assert trained == ['finetune_slim_0.7', 'distill_slim_0.7']
     assert '| normal:0.55 | **failed**: failed (1): Error: --percent 0.55' in showcase.markdown(show.rec, args)
+    assert pipeline.rel(ROOT / 'runs' / 'compress' / 'p.log') == 'runs/compress/p.log'  # how errors name logs
     monkeypatch.setattr(showcase, 'prune', lambda *a: pipeline.run(['-c', 'import sys; sys.exit(1)'], log))
     with pytest.raises(pipeline.StageFailed, match='every plan failed: normal:0.55 .*slim:0.7'):
         show.prune()

@@ -33,6 +33,15 @@ class StageFailed(SystemExit):
     chooses to report it and go on."""
 
 
+def rel(path):
+    """``path`` relative to the repository when inside it (reports carry no machine paths)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def run(cmd, log, append=False):
     """``python3 cmd...`` in the repository root, output into ``log``; returns its seconds."""
     print('$', ' '.join(map(str, cmd)), flush=True)
@@ -42,7 +51,7 @@ def run(cmd, log, append=False):
     if rc:
         lines = [line.strip() for line in Path(log).read_text(errors='replace').splitlines() if line.strip()]
         said = f': {lines[-1][:300]}' if lines else ''  # the script's own one-line error, where it gave one
-        raise StageFailed(f'failed ({rc}){said} (see {log})')
+        raise StageFailed(f'failed ({rc}){said} (see {rel(log)})')
     return time.time() - t0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from utils.general import atomic_write_text
 from utils.compress.pipeline import (DEFAULT_PLANS, ROOT, StageFailed, evaluate, export, parse_plan, plan_name, prune,
-                                     qat_hyp, saved_stage, train)
+                                     qat_hyp, rel, saved_stage, train)
 
 QUICK_PLANS = ['slim:0.76:k0.2']  # 80% of the parameters go; fine-tunes back to the baseline's mAP
 # epochs per stage: the full budgets are the measured recipes (README "Pruning", bench_quant);
@@ -75,15 +75,6 @@ def fill_budget(args):
             raise FileNotFoundError(f'--data {args.data} not found')
         args.data = str(Path(args.data).resolve())
     return args
-
-
-def rel(path):
-    """``path`` relative to the repository when inside it (reports carry no machine paths)."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
 
 
 def portable(obj):
@@ -573,7 +564,7 @@ def deployment_lines(rec):
            f'{calls - 1} back-to-back calls after each turn\'s first, and the median of the first calls, which '
            'follow the other files\' turns' if calls > 1 else
            f'{meta["runs"]} interleaved rounds, median ms (10th-90th percentile)') if meta else ''
-    timing = (f'{latency_cpu(meta)}; batch 1, {meta["threads"]} threads, each file in its own process, '
+    timing = (f'{latency_cpu(meta)}; batch 1, {plural(meta["threads"], "thread")}, each file in its own process, '
               f'{how}; torch {meta["torch"]}, '
               f'onnxruntime {meta["onnxruntime"]}, OpenVINO {meta["openvino"]}, OpenCV {meta["opencv"]}, '
               f'{meta["date"]}' if meta else 'latency pending')
