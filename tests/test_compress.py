@@ -207,6 +207,10 @@ def test_a_plan_the_model_cannot_take_is_reported_and_the_others_go_on(tmp_path,
     monkeypatch.setattr(show, 'pick', lambda rows: rows[0])
     show.finetune()
     assert trained == ['finetune_slim_0.7', 'distill_slim_0.7']
+    args.pick = 'normal:0.55'  # the failed plan cannot go on: one clear line
+    with pytest.raises(pipeline.StageFailed, match='--pick normal:0.55: that plan was not pruned'):
+        showcase.Showcase.pick(show, [{'plan': 'slim:0.7'}])
+    args.pick = 'auto'
     assert '| normal:0.55 | **failed**: failed (1): Error: --percent 0.55' in showcase.markdown(show.rec, args)
     assert pipeline.rel(ROOT / 'runs' / 'compress' / 'p.log') == 'runs/compress/p.log'  # how errors name logs
     monkeypatch.setattr(showcase, 'prune', lambda *a: pipeline.run(['-c', 'import sys; sys.exit(1)'], log))

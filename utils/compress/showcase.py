@@ -234,7 +234,11 @@ class Showcase:
         plans within --tolerance of the baseline the fastest in OpenVINO FP32 (``--pick-by
         latency``, measured by ``pick_latency``) or the fewest GFLOPs, else the most accurate."""
         if self.args.pick != 'auto':
-            return next(r for r in finetuned if r['plan'] == self.args.pick)
+            picked = next((r for r in finetuned if r['plan'] == self.args.pick), None)
+            if picked is None:
+                raise StageFailed(f'--pick {self.args.pick}: that plan was not pruned and fine-tuned (see the pruning '
+                                  'table in report.md); pick another of --plans')
+            return picked
         floor = self.rec['baseline']['map50'] - self.args.tolerance
         good = [r for r in finetuned if r['map50'] >= floor]
         if not good:
