@@ -365,7 +365,7 @@ class Darknet(nn.Module):
         return pred, [h[1] for h in heads]
 
     def fuse(self):
-        """Fold every BatchNorm into its conv (inference only; outputs unchanged to ~1e-6)."""
+        """Fold every BatchNorm into its conv (inference only; exact up to float rounding)."""
         for block in self.module_list:
             if isinstance(block, ConvBlock) and hasattr(block, 'BatchNorm2d') and block.fusable:
                 block.Conv2d = fuse_conv_and_bn(block.Conv2d, block.BatchNorm2d)
@@ -380,7 +380,7 @@ class Darknet(nn.Module):
 def fuse_conv_and_bn(conv, bn):
     """Conv2d + BatchNorm2d (eval statistics) -> one Conv2d with bias."""
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      dilation=conv.dilation, groups=conv.groups, bias=True).to(conv.weight.device)
+                      dilation=conv.dilation, groups=conv.groups, bias=True).to(conv.weight)  # device and dtype
     with torch.no_grad():
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # [C]
         fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))

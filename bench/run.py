@@ -20,7 +20,6 @@ numbers (the ratios less).
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -34,8 +33,8 @@ sys.path.insert(0, str(ROOT / 'bench'))
 import models  # noqa: E402
 from bench_inference import find_cfg, matmul_peak  # noqa: E402
 from utils.inference import load_inference_model  # noqa: E402
-from utils.deploy.latency import (cpu_info, cpu_text, darknet_job, openvino_job, ort_job, summarize,  # noqa: E402
-                           time_per_process, torch_job)
+from utils.deploy.latency import (TURN_CALLS, cpu_info, cpu_text, darknet_job, openvino_job, ort_job,  # noqa: E402
+                                  summarize_turns, time_per_process, torch_job)
 
 RUNTIMES = ('OpenCV DNN', 'PyTorch eager', 'PyTorch fused', 'PyTorch compiled', 'ORT FP32', 'ORT INT8',
             'OpenVINO FP32', 'OpenVINO INT8')
@@ -48,7 +47,10 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--quick', action='store_true', help='two models, batch 1, 5 rounds')
     ap.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='thread counts, each timed')
-    ap.add_argument('--runs', type=int, default=15, help='timed rounds per model and batch')
+    ap.add_argument('--runs', type=int, default=9, help='timed rounds per model and batch')
+    ap.add_argument('--calls', type=int, default=TURN_CALLS,
+                    help='calls per turn: the first after the other processes\' turns (cold), the rest back to '
+                         'back; the tables give the back-to-back median and the first calls beside it')
     ap.add_argument('--batch', '--batches', dest='batches', type=int, nargs='+', default=[1, 8])
     ap.add_argument('--models', nargs='+', default=None, metavar='NAME:SIZE',
                     help='cfg names (cfg/ or tests/data/darknet-cfg/) or .cfg paths and sizes instead of the '
@@ -131,12 +133,11 @@ def bench_model(label, model, size, opt, pt=None):
                   f'{" and ".join(map(str, opt.threads))}', flush=True)
             entries = {entry(rt, t): (t, rt, job) for t in opt.threads
                        for rt, job in jobs_for(files, size, batch, t, opt.compile).items()}
-            times = time_per_process({name: job for name, (_, _, job) in entries.items()}, opt.runs)
+            times = time_per_process({name: job for name, (_, _, job) in entries.items()}, opt.runs, opt.calls)
             rows[batch] = {}
             for t in opt.threads:
                 got = {rt: times[name] for name, (tt, rt, _) in entries.items() if tt == t and name in times}
-                cv_ms = statistics.median(got['OpenCV DNN']) * 1e3 if 'OpenCV DNN' in got else None
-                rows[batch][t] = {rt: summarize(v, flops, batch, cv_ms) for rt, v in got.items()}
+                rows[batch][t] = summarize_turns(got, opt.calls, {rt: flops for rt in got}, batch, 'OpenCV DNN')
                 print(f'  {plural(t, "thread")}: ' + ', '.join(f'{n} {r["median_ms"]:.1f} ms'
                                                             for n, r in rows[batch][t].items()), flush=True)
     return {'model': label, 'img_size': size, 'gflops': flops, 'batches': rows}
@@ -150,6 +151,15 @@ def cell(s):
         return 'n/a'
     ratio = f' ({s["ratio_to_opencv"]:.2f})' if s['ratio_to_opencv'] else ''
     return f'{s["median_ms"]:.1f} [{s["p10_ms"]:.1f}-{s["p90_ms"]:.1f}]{ratio}'
+
+
+def turn_text(calls):
+    """How a turn was timed, for the report's heading paragraph."""
+    if calls == 1:
+        return ', one call a turn (caches and thread pools cold after the other processes\' turns)'
+    return (f', {calls} calls a turn: the tables give the {calls - 1} back-to-back calls after each turn\'s first '
+            '(a detector on a stream of frames), the first calls, cold after the other processes\' turns, follow '
+            'each table')
 
 
 def load_text(meta):
@@ -167,8 +177,9 @@ def markdown(results, meta):
              f'CPU: {cpu_text(meta["cpu"])}. torch {meta["torch"]}, onnxruntime {meta["onnxruntime"]}, OpenVINO '
              f'{meta["openvino"]}, OpenCV {meta["opencv"]}; fp32 matmul peak {meta["matmul_gflops"]:.0f} GFLOP/s '
              f'({plural(max(meta["threads"]), "thread")}). Random weights. Every runtime and thread count in its '
-             f'own process: warm-up, then {meta["runs"]} rounds in which the processes take turns one at a time; '
-             'median ms (10th-90th percentile), ratio to OpenCV DNN at the same batch and threads in brackets. '
+             f'own process: warm-up, then {meta["runs"]} rounds in which the processes take turns one at a time'
+             f'{turn_text(meta.get("calls", 1))}; median ms (10th-90th percentile), ratio to OpenCV DNN at the same '
+             'batch and threads in brackets. '
              f'INT8: static QDQ (convs only, head convs and decode float), calibrated on {CALIB_IMAGES} built-in '
              'images.' + load_text(meta), '']
     runtimes = [r for r in RUNTIMES if any(r in by_rt for m in results for by_t in m['batches'].values()
@@ -183,6 +194,15 @@ def markdown(results, meta):
                 lines.append(f'| {m["model"]} {m["img_size"]} | {m["gflops"]:.2f} | ' +
                              ' | '.join(cell(row.get(r)) for r in runtimes) + ' |')
             lines.append('')
+            if meta.get('calls', 1) > 1:
+                lines += [f'First call of each turn (after the other processes\' turns), batch {batch}, '
+                          f'{plural(t, "thread")}: median ms', '', '| model | ' + ' | '.join(runtimes) + ' |',
+                          '|---|' + '---|' * len(runtimes)]
+                for m in results:
+                    row = m['batches'].get(batch, {}).get(t, {})
+                    lines.append(f'| {m["model"]} {m["img_size"]} | ' + ' | '.join(
+                        f'{row[r]["first_call_ms"]:.1f}' if r in row else 'n/a' for r in runtimes) + ' |')
+                lines.append('')
         lines += [f'Achieved GFLOP/s, batch {batch}, {plural(most, "thread")}:', '',
                   '| model | ' + ' | '.join(runtimes) + ' |', '|---|' + '---|' * len(runtimes)]
         for m in results:
@@ -253,7 +273,7 @@ def main(argv=None):
         results.append(bench_model(Path(path).name, model, 256, opt, pt=path))
     torch.set_num_threads(max(opt.threads))
     meta = {'date': time.strftime('%Y-%m-%d %H:%M'), 'cpu': cpu_info(), 'mode': 'per-process',
-            'threads': opt.threads, 'runs': opt.runs, 'batches': opt.batches, 'torch': torch.__version__,
+            'threads': opt.threads, 'runs': opt.runs, 'calls': opt.calls, 'batches': opt.batches, 'torch': torch.__version__,
             'onnxruntime': onnxruntime.__version__, 'openvino': openvino.__version__.split('-')[0],
             'opencv': cv2.__version__, 'matmul_gflops': matmul_peak(max(opt.threads)), 'quick': opt.quick,
             'seconds': round(time.time() - t0, 1), 'load_average': [load_before, load_average()]}

@@ -143,21 +143,36 @@ def test_summaries_carry_what_the_reports_read():
     from utils.compress.showcase import deployment_lines
     jobs = {'OpenCV DNN': Job('test_latency:sleeper', {'seconds': 0.002}, 1, SHAPE),
             'ORT FP32': Job('test_latency:sleeper', {'seconds': 0.001}, 1, SHAPE)}
-    times = time_per_process(jobs, runs=3, gap=0)
-    cv = summarize(times['OpenCV DNN'], 2.0, 1, None)
-    rows = {rt: summarize(t, 2.0, 1, cv['median_ms']) for rt, t in times.items()}
-    assert rows['OpenCV DNN']['ratio_to_opencv'] == pytest.approx(1) and rows['ORT FP32']['runs'] == 3
-    meta = {'date': 'd', 'cpu': cpu_info(INTEL), 'threads': [1], 'runs': 3, 'batches': [1], 'torch': 't',
+    times = time_per_process(jobs, runs=3, per_turn=3, gap=0)
+    rows = latency.summarize_turns(times, 3, {rt: 2.0 for rt in times}, 1, 'OpenCV DNN')
+    assert rows['OpenCV DNN']['ratio_to_opencv'] == pytest.approx(1) and rows['ORT FP32']['runs'] == 6
+    meta = {'date': 'd', 'cpu': cpu_info(INTEL), 'threads': [1], 'runs': 3, 'calls': 3, 'batches': [1], 'torch': 't',
             'onnxruntime': 'o', 'openvino': 'v', 'opencv': 'c', 'matmul_gflops': 100.0}
     md = bench_run.markdown([{'model': 'm', 'img_size': 64, 'gflops': 2.0, 'batches': {1: {1: rows}}}], meta)
     assert 'CPU: Intel(R) Xeon(R) Platinum 8480+, 2 cores' in md and '## Batch 1, 1 thread' in md
     assert f'{rows["ORT FP32"]["median_ms"]:.1f} [{rows["ORT FP32"]["p10_ms"]:.1f}-' in md
+    assert '2 back-to-back calls' in md and 'First call of each turn' in md
+    assert f'| m 64 | {rows["OpenCV DNN"]["first_call_ms"]:.1f} | {rows["ORT FP32"]["first_call_ms"]:.1f} |' in md
     deploy = [{'model': 'baseline', 'precision': 'FP32', 'runtime': 'OpenCV DNN', 'key': 'baseline FP32 darknet',
                'file': '/x/m.weights', 'mb': 1.0}]
     rec = {'out': '/x', 'deploy': deploy, 'latency': {'meta': {**meta, 'threads': 1},
                                          'times': {'baseline FP32 darknet OpenCV DNN': rows['OpenCV DNN']}}}
     text = '\n'.join(deployment_lines(rec))
     assert 'CPU: Intel(R) Xeon(R) Platinum 8480+' in text and 'each file in its own process' in text
+
+
+def test_turn_summaries_by_hand():
+    """Two turns of 3 calls: the first calls (9, 8 ms) are reported apart from the back-to-back
+    ones, and the ratio is to the reference's back-to-back median; one-call turns use every call."""
+    times = {'ref': [0.009, 0.004, 0.004, 0.008, 0.004, 0.004], 'fast': [0.005, 0.001, 0.002, 0.007, 0.001, 0.002]}
+    rows = latency.summarize_turns(times, 3, {'ref': 1.0, 'fast': 2.0}, 1, 'ref')
+    assert rows['ref']['median_ms'] == pytest.approx(4) and rows['ref']['first_call_ms'] == pytest.approx(8.5)
+    assert rows['fast']['median_ms'] == pytest.approx(1.5) and rows['fast']['first_call_ms'] == pytest.approx(6)
+    assert rows['fast']['ratio_to_opencv'] == pytest.approx(1.5 / 4) and rows['fast']['runs'] == 4
+    assert rows['fast']['gflops_per_s'] == pytest.approx(2.0 / 0.0015)
+    single = latency.summarize_turns({'a': [0.003, 0.001, 0.002]}, 1, {'a': 1.0}, 1)
+    assert single['a']['median_ms'] == pytest.approx(2) and single['a']['first_call_ms'] == pytest.approx(2)
+    assert single['a']['runs'] == 3 and single['a']['ratio_to_opencv'] is None
 
 
 def test_summary_by_hand():

@@ -12,12 +12,12 @@ stage from what the stage folders hold. The latency run times every file in its 
 import csv
 import json
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
 
 from utils.general import atomic_write_text
+from utils.deploy.latency import TURN_CALLS
 from utils.compress.pipeline import (DEFAULT_PLANS, ROOT, StageFailed, evaluate, export, parse_plan, plan_name, prune,
                                      qat_hyp, rel, saved_stage, train)
 
@@ -38,10 +38,6 @@ DEPLOY = [('baseline', 'FP32', 'darknet', 'OpenCV DNN'), ('baseline', 'FP32', 'p
           ('student', 'INT8 (PTQ)', 'onnx', 'ONNX Runtime'), ('student', 'INT8 (PTQ)', 'openvino', 'OpenVINO'),
           ('qat', 'INT8 (QAT)', 'onnx', 'ONNX Runtime'), ('qat', 'INT8 (QAT)', 'openvino', 'OpenVINO')]
 SUFFIX = {'onnx': '.onnx', 'openvino': '_openvino', 'darknet': '.weights'}
-# a turn of the latency rounds: its first call comes after the other files' turns (cold), the
-# rest back to back, as a deployed detector runs on a stream; both are reported, the headline
-# is the back-to-back median
-TURN_CALLS = 6
 TARGET_SPEEDUP = 10  # issue 15: compressed in its fastest runtime >= 10x the float model in OpenCV DNN
 
 
@@ -253,7 +249,7 @@ class Showcase:
         --threads, each in its own process, rounds interleaved; kept in pick_latency.json (reused
         while the candidates are the same)."""
         from utils.deploy.backends import openvino_xml
-        from utils.deploy.latency import openvino_job, split_turns, time_per_process
+        from utils.deploy.latency import openvino_job, summarize_turns, time_per_process
         a, path = self.args, self.out / 'pick_latency.json'
         plans = sorted(r['plan'] for r in candidates)
         saved = json.loads(path.read_text()) if path.is_file() else {}
@@ -264,13 +260,13 @@ class Showcase:
                 jobs[r['plan']] = openvino_job(openvino_xml(ov), a.threads, 1, a.img_size)
             print(f'Picking by latency: {len(jobs)} plans within {100 * a.tolerance:g} point, OpenVINO FP32, '
                   f'{a.latency_runs} interleaved rounds ...', flush=True)
-            times = {plan: split_turns(t, TURN_CALLS)[1]
-                     for plan, t in time_per_process(jobs, a.latency_runs, TURN_CALLS).items()}
+            times = time_per_process(jobs, a.latency_runs, TURN_CALLS)
             missing = [plan for plan in jobs if plan not in times]
             if missing:
                 raise StageFailed(f'pick: {", ".join(missing)} could not be timed in OpenVINO (see above)')
             saved = {'plans': plans, 'threads': a.threads, 'runtime': 'OpenVINO FP32', 'turn_calls': TURN_CALLS,
-                     'ms': {plan: 1e3 * statistics.median(t) for plan, t in times.items()}}
+                     'ms': {plan: s['median_ms'] for plan, s in
+                            summarize_turns(times, TURN_CALLS, {p: 0.0 for p in times}, 1).items()}}
             atomic_write_text(path, json.dumps(saved, indent=1))
         self.rec['pick_latency'] = saved
         return saved['ms']
@@ -341,8 +337,7 @@ def measure_latency(show, keys):
     """{'meta': ..., 'times': {key: summary}}: ``keys`` (deploy rows and fine-tuned plans), each
     file in its runtime in its own process (utils.deploy.latency.time_per_process), batch 1."""
     from utils.deploy.backends import openvino_xml
-    from utils.deploy.latency import (darknet_job, openvino_job, ort_job, split_turns, summarize, time_per_process,
-                                      torch_job)
+    from utils.deploy.latency import darknet_job, openvino_job, ort_job, summarize_turns, time_per_process, torch_job
     a = show.args
     jobs, gflops = {}, {}
     for r in show.rec['deploy']:
@@ -364,14 +359,9 @@ def measure_latency(show, keys):
     jobs = {k: jobs[k] for k in keys}
     print(f'Timing {len(jobs)} model/runtime pairs, one process each, {a.latency_runs} interleaved rounds, batch 1, '
           f'{a.threads} threads ...', flush=True)
-    turns = {k: split_turns(t, TURN_CALLS) for k, t in time_per_process(jobs, a.latency_runs, TURN_CALLS).items()}
-    ref = next((k for k in turns if k.endswith('OpenCV DNN') and k.startswith('baseline')), None)
-    ref_ms = 1e3 * statistics.median(turns[ref][1]) if ref else None
-    summaries = {}
-    for k, (first, later) in turns.items():
-        summaries[k] = summarize(later, gflops[k], 1, ref_ms)
-        summaries[k]['first_call_ms'] = 1e3 * statistics.median(first)
-    return {'meta': {**meta(a), 'turn_calls': TURN_CALLS}, 'times': summaries}
+    times = time_per_process(jobs, a.latency_runs, TURN_CALLS)
+    ref = next((k for k in times if k.endswith('OpenCV DNN') and k.startswith('baseline')), None)
+    return {'meta': {**meta(a), 'turn_calls': TURN_CALLS}, 'times': summarize_turns(times, TURN_CALLS, gflops, 1, ref)}
 
 
 def meta(args):

@@ -12,8 +12,8 @@ worker without the gap; one worker at a time keeps the 2 cores of a small machin
 runtime being timed, and interleaved rounds make machine noise hit every entry alike.
 
     jobs = {'ORT FP32': ort_job('m.onnx', threads=2, batch=1, size=416), ...}
-    times = time_per_process(jobs, runs=15)          # {name: [seconds]}, failures dropped
-    rows = {n: summarize(t, gflops, 1, opencv_ms) for n, t in times.items()}
+    times = time_per_process(jobs, runs=15, per_turn=TURN_CALLS)   # {name: [seconds]}, failures dropped
+    rows = summarize_turns(times, TURN_CALLS, {n: gflops for n in times}, batch=1, ref='OpenCV DNN')
 
 ``cpu_info()`` names the CPU and the instruction sets INT8 speed depends on (AVX2, AVX-512,
 VNNI, AMX); every results file records it.
@@ -40,6 +40,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # carries the count before any import; the runners set their runtime's own knob as well
 THREAD_ENV = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
 GAP_S = 0.05  # after each turn: ONNX Runtime's pool spins ~40 ms after a call (measured on 2 cores)
+# calls per turn in the reports: the first follows the other workers' turns (caches and thread
+# pools cold), the rest run back to back, as a detector on a stream of frames runs; both are
+# reported, the back-to-back median is the headline figure
+TURN_CALLS = 6
 
 
 # ----------------------------------------------------------------------------- runners
@@ -325,6 +329,23 @@ def summarize(seconds, gflops_per_image, batch, opencv_ms):
     return {'median_ms': median, 'p10_ms': float(np.percentile(ms, 10)), 'p90_ms': float(np.percentile(ms, 90)),
             'runs': len(ms), 'gflops_per_s': gflops_per_image * batch / (median / 1e3),
             'ratio_to_opencv': median / opencv_ms if opencv_ms else None}
+
+
+def summarize_turns(times, per_turn, gflops, batch, ref=None):
+    """{name: summary} of time_per_process(..., per_turn) ``times``: summarize() of the
+    back-to-back calls (all calls when a turn is one call) with 'first_call_ms', the median first
+    call of a turn, beside it; ``gflops`` {name: GFLOPs per image}; ratios to the back-to-back
+    median of ``ref`` (a name in ``times``; None: no ratios)."""
+    turns = {}
+    for name, seconds in times.items():
+        first, later = split_turns(seconds, per_turn)
+        turns[name] = first, later or first
+    ref_ms = 1e3 * statistics.median(turns[ref][1]) if ref in turns else None
+    rows = {}
+    for name, (first, later) in turns.items():
+        rows[name] = summarize(later, gflops[name], batch, ref_ms)
+        rows[name]['first_call_ms'] = 1e3 * statistics.median(first)
+    return rows
 
 
 def cpu_info(text=None):
