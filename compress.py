@@ -45,8 +45,9 @@ def parse_args(argv=None):
     p.add_argument('--pick-by', default='latency', choices=['latency', 'gflops'],
                    help='latency (default): the fastest of those plans in OpenVINO FP32, each timed in its own '
                         'process, rounds interleaved; gflops: the fewest GFLOPs')
-    p.add_argument('--kd', type=int, default=3, choices=[1, 2, 3, 4, 5, 6], help='distillation strategy (train.py '
-                   '--KDstr); the teacher is the baseline')
+    p.add_argument('--kd', type=int, default=6, choices=[1, 2, 3, 4, 5, 6], help='distillation strategy (train.py '
+                   '--KDstr; 6, objectness-guided, is the one that gained in bench/bench_distill.py); the teacher is '
+                   'the baseline')
     p.add_argument('--lr-factor', type=float, default=0.1, help='QAT learning rate: this x the recipe\'s lr0')
     p.add_argument('--calib', type=int, default=100, help='calibration images of the static INT8 export')
     p.add_argument('--tolerance', type=float, default=0.01, help='mAP@0.5 a compressed model may lose (the '

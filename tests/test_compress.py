@@ -151,6 +151,16 @@ def test_pick_by_latency_takes_the_fastest_plan_within_the_tolerance(tmp_path, m
     assert showcase.parse_plan('regular:0.5:b16') == ('regular', ['--percent', '0.5', '--channel-base', '16'])
 
 
+def test_changed_settings_compare_numbers_only():
+    """A finished stage is reused only with the numeric settings it was trained with; flags
+    without a value and paths (a resumed run records its own) are not compared."""
+    saved = {'s': 0.05, 'prune': 1, 'sr': True, 'KDstr': 3, 'weights': 'runs/x/last.pt', 'epochs': 2}
+    extra = ['--weights', 'base.pt', '-sr', '--s', 0.05, '--prune', 1, '--KDstr', 6, '--epochs', 2]
+    assert showcase.changed_settings(saved, extra) == ['--KDstr 6 (was 3)']
+    assert showcase.changed_settings(saved, ['--s', '0.01', '--new-flag', 3]) == ['--s 0.01 (was 0.05)']
+    assert showcase.changed_settings(saved, ['-sr', '--prune', '1']) == []
+
+
 def test_latency_stage_reports_back_to_back_calls_and_first_calls(tmp_path, monkeypatch):
     """measure_latency times turns of TURN_CALLS calls: the summary (and so the headline) is
     the back-to-back calls, first_call_ms the median of each turn's cold first call."""
@@ -258,7 +268,7 @@ def test_tiny_run_reports_a_failed_distillation_and_resumes(tmp_path, tiny_data,
     stale = out / 'distill_slim_0.5_k0.2'  # as a distillation run killed before its first epoch leaves it
     stale.mkdir(parents=True)
     rec = compress.main(argv)
-    assert [r['kind'] for r in rec['finetune']] == ['plain', 'distilled (KDstr 3)']
+    assert [r['kind'] for r in rec['finetune']] == ['plain', 'distilled (KDstr 6)']
     assert 'holds an unfinished run without a checkpoint' in rec['finetune'][1]['error']
     assert rec['student']['name'] == 'finetune_slim_0.5_k0.2'  # went on with the plain fine-tuned model
     assert rec['prune'][0]['params'] < rec['baseline']['params'] == rec['sparsity']['params']
@@ -275,3 +285,5 @@ def test_tiny_run_reports_a_failed_distillation_and_resumes(tmp_path, tiny_data,
     assert again['student'] == rec['student'] and again['prune'] == rec['prune']
     with pytest.raises(SystemExit, match='sparsity was trained for 1 epoch.*asks for 2'):
         compress.main([*argv, '--sr-epochs', '2'])
+    with pytest.raises(SystemExit, match=r'sparsity was trained with other settings \(--s 0.01 \(was 0.05\)\)'):
+        compress.main([*argv, '--s', '0.01'])

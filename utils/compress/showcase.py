@@ -93,6 +93,24 @@ def size_mb(path):
     return sum(f.stat().st_size for f in files) / 2 ** 20
 
 
+def changed_settings(saved, extra):
+    """The numeric settings of ``extra`` (train.py arguments, ['--s', 0.05, ...]) that differ
+    from a finished run's opt.yaml ``saved``: ['--s 0.05 (was 0.01)']. Paths are not compared
+    (a resumed run records its own)."""
+    changed = []
+    for flag, value in zip(extra, extra[1:]):
+        key = str(flag).lstrip('-').replace('-', '_')
+        if not str(flag).startswith('-') or key not in saved or isinstance(value, str) and value.startswith('-'):
+            continue
+        try:
+            want, had = float(value), float(saved[key])
+        except (TypeError, ValueError):
+            continue
+        if want != had:
+            changed.append(f'{flag} {value} (was {saved[key]})')
+    return changed
+
+
 class Showcase:
     """The stages in order; ``self.rec`` collects what the report shows (report.json)."""
 
@@ -154,10 +172,15 @@ class Showcase:
         opt_yaml = self.out / name / 'opt.yaml'
         if opt_yaml.is_file():
             import yaml
-            had = int(yaml.safe_load(opt_yaml.read_text())['epochs'])
+            saved = yaml.safe_load(opt_yaml.read_text())
+            had = int(saved['epochs'])
             if had != epochs:
                 raise StageFailed(f'{self.out / name} was trained for {plural(had, "epoch")}, this showcase asks for '
                                   f'{epochs}: use another --out (or remove that folder)')
+            changed = changed_settings(saved, extra)
+            if changed:
+                raise StageFailed(f'{self.out / name} was trained with other settings ({", ".join(changed)}): use '
+                                  'another --out (or remove that folder)')
         best, last = train(self.out, name, self.args, [*extra, '--epochs', epochs])
         metrics = self.run_metrics(str(best)) or {'map50': last['mAP@0.5'], 'map50_95': last['mAP@0.5:0.95']}
         return {'pt': str(best), 'epochs': epochs, **metrics, **self.model_info(str(best))}
