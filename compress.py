@@ -2,7 +2,7 @@
 with and without distillation -> 8-bit QAT -> exports -> test.py mAP of every exported file ->
 batch-1 latency of every runtime (each file in its own process, rounds interleaved) -> one report.
 
-    python3 compress.py --quick                                    # built-in dataset, < 15 min on 2 cores
+    python3 compress.py --quick                                    # built-in dataset, minutes on 2 cores (README: times per CPU)
     python3 compress.py                                            # every pruning method, < 60 min
     python3 compress.py --quick --base runs/train/exp/weights/best.pt   # skip training the baseline
     python3 compress.py --data data/my.data --cfg cfg/yolov3-tiny.cfg --out runs/compress_mine
@@ -47,7 +47,7 @@ def parse_args(argv=None):
                         'process, rounds interleaved; gflops: the fewest GFLOPs')
     p.add_argument('--kd', type=int, default=6, choices=[1, 2, 3, 4, 5, 6], help='distillation strategy (train.py '
                    '--KDstr; 6, objectness-guided, is the one that gained in bench/bench_distill.py); the teacher is '
-                   'the baseline')
+                   'the sparsity-trained model the plans were cut from')
     p.add_argument('--lr-factor', type=float, default=0.1, help='QAT learning rate: this x the recipe\'s lr0')
     p.add_argument('--calib', type=int, default=100, help='calibration images of the static INT8 export')
     p.add_argument('--tolerance', type=float, default=0.01, help='mAP@0.5 a compressed model may lose (the '

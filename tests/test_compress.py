@@ -159,6 +159,10 @@ def test_changed_settings_compare_numbers_only():
     assert showcase.changed_settings(saved, extra) == ['--KDstr 6 (was 3)']
     assert showcase.changed_settings(saved, ['--s', '0.01', '--new-flag', 3]) == ['--s 0.01 (was 0.05)']
     assert showcase.changed_settings(saved, ['-sr', '--prune', '1']) == []
+    teacher = {'t_weights': str(ROOT / 'runs/c/baseline/weights/best.pt'), 'KDstr': 6}  # named relative in the error
+    assert showcase.changed_settings(teacher, ['--t_weights', ROOT / 'runs/c/sparsity/weights/best.pt', '--KDstr', 6]) == [
+        '--t_weights runs/c/sparsity/weights/best.pt (was runs/c/baseline/weights/best.pt)']
+    assert showcase.changed_settings(teacher, ['--t_weights', ROOT / 'runs/c/../c/baseline/weights/best.pt']) == []
 
 
 def test_latency_stage_reports_back_to_back_calls_and_first_calls(tmp_path, monkeypatch):

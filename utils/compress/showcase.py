@@ -23,7 +23,7 @@ from utils.compress.pipeline import (DEFAULT_PLANS, ROOT, StageFailed, evaluate,
 
 QUICK_PLANS = ['slim:0.76:k0.2']  # 80% of the parameters go; fine-tunes back to the baseline's mAP
 # epochs per stage: the full budgets are the measured recipes (README "Pruning", bench_quant);
-# the quick ones fit the showcase into 15 minutes on 2 CPU cores
+# the quick ones keep the showcase to minutes on 2 CPU cores (times per CPU: README "Compression showcase")
 BUDGETS = {'quick': {'base_epochs': 3, 'sr_epochs': 2, 'ft_epochs': 2, 'qat_epochs': 1},
            'full': {'base_epochs': 10, 'sr_epochs': 10, 'ft_epochs': 5, 'qat_epochs': 3}}
 QAT_FLAGS = ['--quantized', '1']  # Google 8-bit (bench_quant's g8 recipe): plain QDQ for every runtime
@@ -94,13 +94,17 @@ def size_mb(path):
 
 
 def changed_settings(saved, extra):
-    """The numeric settings of ``extra`` (train.py arguments, ['--s', 0.05, ...]) that differ
-    from a finished run's opt.yaml ``saved``: ['--s 0.05 (was 0.01)']. Paths are not compared
-    (a resumed run records its own)."""
+    """The numeric settings of ``extra`` (train.py arguments, ['--s', 0.05, ...]) and its
+    teacher (--t_weights) that differ from a finished run's opt.yaml ``saved``: ['--s 0.05 (was
+    0.01)']. Other paths are not compared (a resumed run records its own --weights)."""
     changed = []
     for flag, value in zip(extra, extra[1:]):
         key = str(flag).lstrip('-').replace('-', '_')
         if not str(flag).startswith('-') or key not in saved or isinstance(value, str) and value.startswith('-'):
+            continue
+        if key == 't_weights':
+            if Path(str(value)).resolve() != Path(str(saved[key])).resolve():
+                changed.append(f'{flag} {rel(value)} (was {rel(saved[key])})')
             continue
         try:
             want, had = float(value), float(saved[key])
@@ -179,7 +183,7 @@ class Showcase:
                                   f'{epochs}: use another --out (or remove that folder)')
             changed = changed_settings(saved, extra)
             if changed:
-                raise StageFailed(f'{self.out / name} was trained with other settings ({", ".join(changed)}): use '
+                raise StageFailed(f'{rel(self.out / name)} was trained with other settings ({", ".join(changed)}): use '
                                   'another --out (or remove that folder)')
         best, last = train(self.out, name, self.args, [*extra, '--epochs', epochs])
         metrics = self.run_metrics(str(best)) or {'map50': last['mAP@0.5'], 'map50_95': last['mAP@0.5:0.95']}
@@ -223,7 +227,9 @@ class Showcase:
 
     def finetune(self):
         """Plain fine-tuning of every plan; the pick (``--pick``, or the fewest GFLOPs within
-        --tolerance of the baseline's mAP@0.5) also with distillation from the baseline."""
+        --tolerance of the baseline's mAP@0.5) also with distillation. The teacher is the
+        sparsity-trained model the plans were cut from (bench_distill's recipe): it has trained
+        longest, and with a short baseline (--quick) it is far ahead of it."""
         a = self.args
         rows = []
         for p in self.rec['prune']:
@@ -235,7 +241,7 @@ class Showcase:
         name = f'distill_{plan_name(pick["plan"])}'
         try:
             r = self.trained(name, a.ft_epochs, ['--weights', self.prune_row(pick['plan'])['pt'],
-                                                 '--t_weights', self.rec['baseline']['pt'], '--KDstr', a.kd])
+                                                 '--t_weights', self.rec['sparsity']['pt'], '--KDstr', a.kd])
             rows.append({'plan': pick['plan'], 'kind': f'distilled (KDstr {a.kd})', 'name': name, **r})
         except StageFailed as e:  # distillation is optional to the showcase: say so loudly, go on
             msg = f'distillation (train.py --t_weights ... --KDstr {a.kd}) failed: {e}'
@@ -523,7 +529,7 @@ def markdown(rec, args):
         lines.append('')
     if rec.get('finetune'):
         ref_ms = base_ms['median_ms'] if base and base_ms else None
-        lines += [f'## 4. Fine-tuning ({plural(args.ft_epochs, "epoch")}; distillation from the baseline, --KDstr '
+        lines += [f'## 4. Fine-tuning ({plural(args.ft_epochs, "epoch")}; distillation from the sparsity-trained model, --KDstr '
                   f'{args.kd}, on the picked plan)', '',
                   '| plan | fine-tuning | params | GFLOPs | mAP@0.5 | vs baseline | mAP@0.5:0.95 | MB (.pt) | '
                   'PyTorch fused ms | speed-up |', '|---|---|---|---|---|---|---|---|---|---|']
