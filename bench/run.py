@@ -273,7 +273,8 @@ def main(argv=None):
         results.append(bench_model(Path(path).name, model, 256, opt, pt=path))
     torch.set_num_threads(max(opt.threads))
     meta = {'date': time.strftime('%Y-%m-%d %H:%M'), 'cpu': cpu_info(), 'mode': 'per-process',
-            'threads': opt.threads, 'runs': opt.runs, 'calls': opt.calls, 'batches': opt.batches, 'torch': torch.__version__,
+            'threads': opt.threads, 'runs': opt.runs, 'calls': opt.calls, 'batches': opt.batches,
+            'torch': torch.__version__,
             'onnxruntime': onnxruntime.__version__, 'openvino': openvino.__version__.split('-')[0],
             'opencv': cv2.__version__, 'matmul_gflops': matmul_peak(max(opt.threads)), 'quick': opt.quick,
             'seconds': round(time.time() - t0, 1), 'load_average': [load_before, load_average()]}

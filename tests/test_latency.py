@@ -173,6 +173,7 @@ def test_turn_summaries_by_hand():
     single = latency.summarize_turns({'a': [0.003, 0.001, 0.002]}, 1, {'a': 1.0}, 1)
     assert single['a']['median_ms'] == pytest.approx(2) and single['a']['first_call_ms'] == pytest.approx(2)
     assert single['a']['runs'] == 3 and single['a']['ratio_to_opencv'] is None
+    assert latency.summarize_turns({'a': [0.003, 0.001, 0.002]}, 1)['a']['gflops_per_s'] == 0  # FLOPs unknown
 
 
 def test_summary_by_hand():

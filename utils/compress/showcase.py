@@ -179,7 +179,7 @@ class Showcase:
             saved = yaml.safe_load(opt_yaml.read_text())
             had = int(saved['epochs'])
             if had != epochs:
-                raise StageFailed(f'{self.out / name} was trained for {plural(had, "epoch")}, this showcase asks for '
+                raise StageFailed(f'{rel(self.out / name)} was trained for {plural(had, "epoch")}, this showcase asks for '
                                   f'{epochs}: use another --out (or remove that folder)')
             changed = changed_settings(saved, extra)
             if changed:
@@ -226,8 +226,8 @@ class Showcase:
         self.rec['prune'] = rows
 
     def finetune(self):
-        """Plain fine-tuning of every plan; the pick (``--pick``, or the fewest GFLOPs within
-        --tolerance of the baseline's mAP@0.5) also with distillation. The teacher is the
+        """Plain fine-tuning of every plan; the pick (``--pick``, or by --pick-by among the plans
+        within --tolerance of the baseline's mAP@0.5) also with distillation. The teacher is the
         sparsity-trained model the plans were cut from (bench_distill's recipe): it has trained
         longest, and with a short baseline (--quick) it is far ahead of it."""
         a = self.args
@@ -294,8 +294,7 @@ class Showcase:
             if missing:
                 raise StageFailed(f'pick: {", ".join(missing)} could not be timed in OpenVINO (see above)')
             saved = {'plans': plans, 'threads': a.threads, 'runtime': 'OpenVINO FP32', 'turn_calls': TURN_CALLS,
-                     'ms': {plan: s['median_ms'] for plan, s in
-                            summarize_turns(times, TURN_CALLS, {p: 0.0 for p in times}, 1).items()}}
+                     'ms': {plan: s['median_ms'] for plan, s in summarize_turns(times, TURN_CALLS).items()}}
             atomic_write_text(path, json.dumps(saved, indent=1))
         self.rec['pick_latency'] = saved
         return saved['ms']

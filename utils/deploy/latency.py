@@ -331,11 +331,11 @@ def summarize(seconds, gflops_per_image, batch, opencv_ms):
             'ratio_to_opencv': median / opencv_ms if opencv_ms else None}
 
 
-def summarize_turns(times, per_turn, gflops, batch, ref=None):
+def summarize_turns(times, per_turn, gflops=None, batch=1, ref=None):
     """{name: summary} of time_per_process(..., per_turn) ``times``: summarize() of the
     back-to-back calls (all calls when a turn is one call) with 'first_call_ms', the median first
-    call of a turn, beside it; ``gflops`` {name: GFLOPs per image}; ratios to the back-to-back
-    median of ``ref`` (a name in ``times``; None: no ratios)."""
+    call of a turn, beside it; ``gflops`` {name: GFLOPs per image} (None: GFLOP/s reads 0);
+    ratios to the back-to-back median of ``ref`` (a name in ``times``; None: no ratios)."""
     turns = {}
     for name, seconds in times.items():
         first, later = split_turns(seconds, per_turn)
@@ -343,7 +343,7 @@ def summarize_turns(times, per_turn, gflops, batch, ref=None):
     ref_ms = 1e3 * statistics.median(turns[ref][1]) if ref in turns else None
     rows = {}
     for name, (first, later) in turns.items():
-        rows[name] = summarize(later, gflops[name], batch, ref_ms)
+        rows[name] = summarize(later, gflops[name] if gflops else 0.0, batch, ref_ms)
         rows[name]['first_call_ms'] = 1e3 * statistics.median(first)
     return rows
 
